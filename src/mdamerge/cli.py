@@ -1,0 +1,79 @@
+"""The ``mdamerge`` command line.
+
+Errors in the user's input (:class:`~mdamerge.errors.MergeError`) are printed as one
+line, ``error: ...``, with exit status 2 -- never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+from .errors import MergeError
+
+# Sub-command groups that live in their own packages: (module, attribute).
+EXTRA_COMMANDS: list[tuple[str, str]] = []
+
+
+class FriendlyGroup(click.Group):
+    """A click group that turns MergeError into a one-line message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MergeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=FriendlyGroup)
+@click.version_option(__version__, prog_name="mdamerge")
+def main() -> None:
+    """Merge fine-tuned copies of one pretrained model (MDA and the standard baselines)."""
+
+
+@main.command("merge")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (created atomically).")
+@click.option("--device", default=None, help="Compute device, e.g. cpu, cuda, cuda:1 (default: config, else cpu).")
+@click.option("--dtype", default=None, help="Output dtype: float32, float16, bfloat16 (default: the base's).")
+@click.option("--workers", type=int, default=None, help="Tensors merged in parallel on this machine.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet):
+    """Merge the models that CONFIG (YAML) names into a Hugging Face folder."""
+    from .engine import merge
+
+    result = merge(config, out_dir, device=device, dtype=dtype, workers=workers, overwrite=overwrite, progress=not quiet)
+    click.echo(
+        f"merged {result.merged} tensors ({result.copied} copied from the base) with '{result.method}' "
+        f"in {result.seconds:.1f}s -> {result.out_dir} [{', '.join(result.shards)}]"
+    )
+
+
+@main.command("methods")
+@click.option("--name", default=None, help="Show one method only.")
+def methods_cmd(name):
+    """List merging methods with their parameters and defaults."""
+    from .methods import available_methods, get_method
+
+    for method_name in [name] if name else available_methods():
+        method = get_method(method_name)
+        click.echo(f"{method.name}: {method.summary}")
+        if method.reference:
+            click.echo(f"    ref: {method.reference}")
+        for p in method.params:
+            choices = f" {{{'|'.join(map(str, p.choices))}}}" if p.choices else ""
+            click.echo(f"    {p.name} = {p.default!r}{choices}  -- {p.help}")
+
+
+def _register_extra_commands() -> None:
+    for module_name, attr in EXTRA_COMMANDS:
+        module = importlib.import_module(module_name)
+        main.add_command(getattr(module, attr))
+
+
+_register_extra_commands()

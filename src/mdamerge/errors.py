@@ -1,0 +1,37 @@
+"""Exceptions raised by mdamerge.
+
+Every user-facing failure is a :class:`MergeError` whose message is one line that
+names the culprit (a path, a tensor name, a parameter), so the CLI can print it
+as-is without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class MergeError(ValueError):
+    """A problem with the user's input: configuration, checkpoints or parameters."""
+
+
+class ConfigError(MergeError):
+    """The merge configuration is malformed or names something unknown."""
+
+
+class CheckpointError(MergeError):
+    """A checkpoint is missing, unreadable, or inconsistent with the others."""
+
+
+def closest_hint(name: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def preview(items: Iterable[str], limit: int = 3) -> str:
+    """Comma-separated first ``limit`` items, with a count of the rest."""
+    items = sorted(items)
+    head = ", ".join(repr(i) for i in items[:limit])
+    rest = len(items) - limit
+    return head + (f" and {rest} more" if rest > 0 else "")

@@ -1,0 +1,24 @@
+"""Simple averaging of the fine-tuned weights (model soup, Wortsman et al. 2022)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import MergeMethod, TensorJob
+from .registry import register
+
+
+class Average(MergeMethod):
+    def merge_tensor(self, job: TensorJob) -> torch.Tensor:
+        # mean_t(theta_t) = theta_0 + mean_t(tau_t); per-model weights give a weighted mean
+        total = sum(job.weights)
+        return sum(d * (w / total) for d, w in zip(job.deltas, job.weights))
+
+
+AVERAGE = register(
+    Average(
+        name="average",
+        summary="Weighted mean of the fine-tuned weights: theta_0 + sum_t w_t tau_t / sum_t w_t.",
+        reference="Wortsman et al., Model soups, ICML 2022",
+    )
+)

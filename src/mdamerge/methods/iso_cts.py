@@ -1,0 +1,63 @@
+"""Iso-CTS (Marczak et al., ICML 2025): isotropic merging in common and task-specific subspaces.
+
+Per 2-D tensor with ``r = min(m, n)``:
+
+1. Common subspace: top ``k_c`` singular triplets of ``sum_t tau_t``, where
+   ``s = round((r - floor(f r)) / T)`` directions are left per task and ``k_c = r - T s``
+   (f = ``common_fraction``, 0.8 by default).
+2. Task-specific directions: for each t, ``tau_t - U_c U_c^T tau_t`` (the common left
+   subspace projected out), its top ``s`` triplets.
+3. Concatenate ``[U_1..U_T, U_c]`` (and S, V likewise), replace U and V by their polar
+   factors, flatten the spectrum to its mean, scale by alpha.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import MergeMethod, Param, TensorJob
+from .iso_c import ISO_SCALING
+from .linalg import polar_factor, rebuild, thin_svd
+from .registry import register
+from .svd_common import SVD_DTYPE, mean_delta, svd_inputs
+
+
+def iso_cts_split(r: int, num_tasks: int, common_fraction: float) -> tuple[int, int]:
+    """``(k_c, s)``: common-subspace size and task-specific directions per task."""
+    per_task = round((r - int(r * common_fraction)) / num_tasks)
+    return r - per_task * num_tasks, per_task
+
+
+class IsoCTS(MergeMethod):
+    def merge_tensor(self, job: TensorJob) -> torch.Tensor:
+        scaling = job.params["scaling"]
+        if job.base.ndim != 2:
+            return scaling * mean_delta(job)
+        deltas = svd_inputs(job)
+        k_c, per_task = iso_cts_split(min(job.base.shape), job.num_tasks, job.params["common_fraction"])
+        u, s, vh = thin_svd(sum(deltas))
+        u_c, s_c, v_c = u[:, :k_c], s[:k_c], vh[:k_c].mT
+        us, ss, vs = [], [], []
+        for delta in deltas:
+            u_t, s_t, vh_t = thin_svd(delta - u_c @ (u_c.mT @ delta))
+            us.append(u_t[:, :per_task])
+            ss.append(s_t[:per_task])
+            vs.append(vh_t[:per_task].mT)
+        u_all = polar_factor(torch.cat(us + [u_c], 1))
+        v_all = polar_factor(torch.cat(vs + [v_c], 1))
+        s_all = torch.cat(ss + [s_c])
+        return scaling * rebuild(u_all, torch.full_like(s_all, s_all.mean()), v_all).float()
+
+
+ISO_CTS = register(
+    IsoCTS(
+        name="iso_cts",
+        summary="Iso-CTS: common + task-specific subspaces, polar-orthogonalised, flat spectrum.",
+        params=(
+            Param("common_fraction", 0.8, float, "share of the rank given to the common subspace", minimum=0.0, maximum=1.0),
+            ISO_SCALING,
+            SVD_DTYPE,
+        ),
+        reference="Marczak et al., No Task Left Behind: Isotropic Model Merging, ICML 2025",
+    )
+)

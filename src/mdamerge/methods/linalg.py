@@ -1,0 +1,104 @@
+"""Linear-algebra building blocks shared by the SVD-based methods (TSV-M, Iso-C/CTS, MDA)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD ``a = U diag(S) Vh`` (``full_matrices=False``)."""
+    return torch.linalg.svd(a, full_matrices=False)
+
+
+def top_k_svd(
+    a: torch.Tensor, k: int, solver: str = "auto", oversample: int = 10, niter: int = 6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top ``k`` singular triplets of ``a`` as ``(U[:, :k], S[:k], Vh[:k])``.
+
+    ``solver="randomized"`` uses :func:`torch.svd_lowrank` (Halko et al.) with
+    ``oversample`` extra columns and ``niter`` power iterations; ``"auto"`` uses it
+    only when ``k + oversample`` is at most an eighth of ``min(m, n)``, where it is
+    several times faster than a full SVD and its error is negligible (tested in
+    tests/test_linalg.py).
+    """
+    m, n = a.shape
+    r = min(m, n)
+    k = max(0, min(k, r))
+    q = k + oversample
+    use_randomized = solver == "randomized" or (solver == "auto" and q * 8 <= r)
+    if use_randomized and q < r:
+        u, s, v = torch.svd_lowrank(a, q=q, niter=niter)
+        return u[:, :k], s[:k], v[:, :k].mT
+    u, s, vh = thin_svd(a)
+    return u[:, :k], s[:k], vh[:k]
+
+
+def polar_factor(a: torch.Tensor) -> torch.Tensor:
+    """Orthogonal polar factor ``P Q^T`` of ``a = P S Q^T``: the closest matrix with orthonormal columns (or rows)."""
+    p, _, qh = thin_svd(a)
+    return p @ qh
+
+
+def etf_gram_operator(k: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Simplex-ETF Gram operator ``M_K = sqrt(K/(K-1)) (I_K - 1 1^T / K)``.
+
+    For ``U`` with orthonormal columns, the columns of ``U M_K`` are unit vectors
+    with pairwise cosine ``-1/(K-1)``: a simplex equiangular tight frame spanning
+    a (K-1)-dimensional subspace of ``span(U)``.
+    """
+    if k < 2:
+        return torch.eye(k, dtype=dtype, device=device)
+    centering = torch.eye(k, dtype=dtype, device=device) - torch.full((k, k), 1.0 / k, dtype=dtype, device=device)
+    return math.sqrt(k / (k - 1)) * centering
+
+
+def simplex_etf(num_classes: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``num_classes`` unit vectors in ``R^dim`` (rows) forming a simplex ETF (needs ``dim >= num_classes - 1``).
+
+    Built as ``M_K`` applied to a random orthonormal frame; with ``dim >= K`` the
+    frame has K orthonormal columns, otherwise the (K-1)-dim centred subspace is used.
+    """
+    k = num_classes
+    if dim < k - 1:
+        raise ValueError(f"a simplex ETF of {k} vectors needs dimension >= {k - 1}, got {dim}")
+    cols = min(k, dim + 1)
+    basis = torch.linalg.qr(torch.randn(dim, max(cols, 1), generator=generator, dtype=torch.float64))[0]
+    if dim >= k:
+        frame = basis[:, :k] @ etf_gram_operator(k, dtype=torch.float64)
+    else:
+        # dim == k-1: orthonormal basis of the centred subspace of R^k, mapped into R^dim
+        centred = torch.linalg.qr(etf_gram_operator(k, dtype=torch.float64))[0][:, : k - 1]  # k x (k-1)
+        frame = basis[:, : k - 1] @ (centred.T @ etf_gram_operator(k, dtype=torch.float64))
+    return frame.T.contiguous().float()
+
+
+def default_rank(shape: tuple[int, int], num_tasks: int, rank_fraction: float | None) -> int:
+    """Triplets kept per task: ``floor(min(m, n) / T)`` by default, else ``max(1, floor(fraction * min(m, n)))``."""
+    r = min(shape)
+    if rank_fraction is None:
+        return max(1, r // num_tasks)
+    return max(1, int(rank_fraction * r))
+
+
+def concatenated_task_subspace(
+    deltas: list[torch.Tensor], k: int, solver: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` SVD blocks of every task vector, side by side.
+
+    Returns ``U`` (m x Tk), ``S`` (Tk) and ``V`` (n x Tk) with task t's block in
+    columns ``[t k, (t+1) k)`` -- the layout of TSV-M's ``sum_u``/``sum_s``/``sum_v``.
+    """
+    us, ss, vs = [], [], []
+    for delta in deltas:
+        u, s, vh = top_k_svd(delta, k, solver)
+        us.append(u)
+        ss.append(s)
+        vs.append(vh.mT)
+    return torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+
+
+def rebuild(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``U diag(S) V^T`` without forming ``diag(S)``."""
+    return (u * s) @ v.mT

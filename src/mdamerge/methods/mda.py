@@ -1,0 +1,87 @@
+"""MDA parameter-space alignment: Merging with Directional Alignment (Chen et al., 2025), data-free.
+
+Per 2-D tensor (see docs/method.md for the full statement and the open choices):
+
+1. Top ``k`` singular triplets of each task vector (``k = floor(min(m,n)/T)`` by
+   default), concatenated into a shared subspace ``U`` (m x K), ``S`` (K), ``V`` (n x K),
+   ``K = T k``.
+2. Optionally (``polar=True``, default) replace ``U`` and ``V`` by their orthogonal
+   polar factors, so the shared directions are orthonormal.
+3. Directional alignment: multiply the chosen side(s) by the simplex-ETF Gram operator
+   ``M = sqrt(K/(K-1)) (I_K - 1 1^T/K)`` (``etf_over="directions"``), or by
+   ``M_T (x) I_k`` (``etf_over="tasks"``: the T task blocks become an ETF while the
+   directions inside each block stay orthogonal). With orthonormal ``U``, the columns
+   of ``U M`` are unit vectors with pairwise cosine ``-1/(K-1)``.
+4. Rebuild ``alpha * U' diag(S') V'^T`` with ``S' = S`` (``spectrum="task"``) or its
+   mean (``"isotropic"``).
+
+Tensors that are not 2-D use the mean task vector.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import MergeMethod, Param, TensorJob
+from .linalg import concatenated_task_subspace, default_rank, etf_gram_operator, polar_factor, rebuild
+from .registry import register
+from .svd_common import RANK_FRACTION, SVD_DTYPE, SVD_SOLVER, mean_delta, svd_inputs
+
+
+def alignment_operator(num_tasks: int, k: int, etf_over: str, dtype, device) -> torch.Tensor:
+    """The K x K operator that gives the shared subspace its simplex-ETF geometry."""
+    if etf_over == "tasks":
+        return torch.kron(
+            etf_gram_operator(num_tasks, dtype=dtype, device=device), torch.eye(k, dtype=dtype, device=device)
+        )
+    return etf_gram_operator(num_tasks * k, dtype=dtype, device=device)
+
+
+def mda_align(
+    u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, num_tasks: int, k: int, *,
+    side: str = "left", etf_over: str = "directions", polar: bool = True, spectrum: str = "task",
+) -> torch.Tensor:
+    """Steps 2-4 above on an already concatenated subspace; returns the merged delta."""
+    if polar:
+        u, v = polar_factor(u), polar_factor(v)
+    op = alignment_operator(num_tasks, k, etf_over, u.dtype, u.device)
+    if side in ("left", "both"):
+        u = u @ op
+    if side in ("right", "both"):
+        v = v @ op
+    if spectrum == "isotropic":
+        s = torch.full_like(s, s.mean())
+    return rebuild(u, s, v)
+
+
+class MDA(MergeMethod):
+    def merge_tensor(self, job: TensorJob) -> torch.Tensor:
+        p = job.params
+        if job.base.ndim != 2:
+            return p["scaling"] * mean_delta(job)
+        k = default_rank(tuple(job.base.shape), job.num_tasks, p["rank_fraction"])
+        u, s, v = concatenated_task_subspace(svd_inputs(job), k, p["svd_solver"])
+        merged = mda_align(
+            u, s, v, job.num_tasks, k,
+            side=p["etf_side"], etf_over=p["etf_over"], polar=p["polar"], spectrum=p["spectrum"],
+        )
+        return p["scaling"] * merged.float()
+
+
+MDA_METHOD = register(
+    MDA(
+        name="mda",
+        summary="MDA (data-free): shared top-k task subspace given a simplex-ETF directional structure.",
+        params=(
+            RANK_FRACTION,
+            Param("etf_side", "left", str, "which singular directions get the ETF structure", choices=("left", "right", "both")),
+            Param("etf_over", "directions", str, "ETF over all K=T*k directions or over the T task blocks", choices=("directions", "tasks")),
+            Param("polar", True, bool, "orthogonalise U and V (polar factor) before the ETF step"),
+            Param("spectrum", "task", str, "keep the task singular values or flatten them to their mean", choices=("task", "isotropic")),
+            Param("scaling", 1.0, float, "alpha, scale of the merged task vector"),
+            SVD_SOLVER,
+            SVD_DTYPE,
+        ),
+        reference="Chen et al., From Coefficients to Directions: Rethinking Model Merging with Directional Alignment, 2025",
+    )
+)
