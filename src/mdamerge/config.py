@@ -16,6 +16,7 @@ dtype: bfloat16                   # optional output dtype (default: the base's, 
 exclude: ["*.bias", "head"]       # tensors kept at the base (glob or substring)
 seed: 0
 shard_size: 2GB
+vocab_mismatch: error             # or 'shared': merge the rows all vocabularies share, keep the base's others
 ```
 
 Relative paths are resolved against the current directory first, then against the
@@ -37,7 +38,10 @@ from .io.writer import DEFAULT_SHARD_SIZE, parse_size
 from .methods import get_method
 from .methods.base import MergeMethod
 
-TOP_LEVEL_KEYS = ("method", "base_model", "models", "parameters", "dtype", "exclude", "seed", "shard_size", "device", "workers")
+TOP_LEVEL_KEYS = (
+    "method", "base_model", "models", "parameters", "dtype", "exclude", "seed", "shard_size", "device", "workers",
+    "vocab_mismatch",
+)
 MODEL_KEYS = ("path", "weight")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
@@ -75,6 +79,7 @@ class MergeConfig:
     shard_size: int = DEFAULT_SHARD_SIZE
     device: str = "cpu"
     workers: int = 1
+    vocab_mismatch: str = "error"
 
     def __post_init__(self) -> None:
         self.method_impl = get_method(self.method)
@@ -87,6 +92,8 @@ class MergeConfig:
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
         self.shard_size = parse_size(self.shard_size)
+        if self.vocab_mismatch not in ("error", "shared"):
+            raise ConfigError(f"vocab_mismatch must be 'error' or 'shared', got {self.vocab_mismatch!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], root: Path | None = None) -> "MergeConfig":
@@ -116,6 +123,7 @@ class MergeConfig:
             shard_size=data.get("shard_size", DEFAULT_SHARD_SIZE),
             device=str(data.get("device", "cpu")),
             workers=data.get("workers", 1),
+            vocab_mismatch=str(data.get("vocab_mismatch", "error")),
         )
 
     @classmethod
@@ -141,6 +149,7 @@ class MergeConfig:
             "exclude": list(self.exclude),
             "seed": self.seed,
             "shard_size": self.shard_size,
+            "vocab_mismatch": self.vocab_mismatch,
         }
 
     def excludes(self, name: str) -> bool:

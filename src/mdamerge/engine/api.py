@@ -67,6 +67,7 @@ def merge(
     engine = MergeEngine(
         base, models, cfg.method_impl, cfg.resolver.resolve,
         weights=[m.weight for m in cfg.models], excluded=cfg.excludes, out_dtype=out_dtype,
+        vocab_mismatch=cfg.vocab_mismatch,
         seed=cfg.seed, device=device or cfg.device, workers=workers or cfg.workers, progress=progress,
     )
     with AtomicOutputDir(out_dir, overwrite=overwrite) as tmp:
@@ -97,6 +98,7 @@ def merge_state_dicts(
     seed: int = 0,
     device: str | None = "cpu",
     dtype: str | None = None,
+    vocab_mismatch: str = "error",
     parameters: dict[str, Any] | None = None,
     progress: bool = False,
     **params: Any,
@@ -112,7 +114,7 @@ def merge_state_dicts(
         StateDictSource(base, "base"),
         [StateDictSource(sd, f"model {i}") for i, sd in enumerate(finetuned)],
         impl, resolver.resolve, weights=weights, excluded=lambda name: matches_any(name, exclude),
-        out_dtype=parse_dtype(dtype), seed=seed, device=device, progress=progress,
+        out_dtype=parse_dtype(dtype), seed=seed, device=device, progress=progress, vocab_mismatch=vocab_mismatch,
     )
     out: dict[str, torch.Tensor] = {}
     engine.run(out.__setitem__)

@@ -47,8 +47,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def check_compatible(base: TensorSource, models: Sequence[TensorSource]) -> None:
-    """Every model must have the base's tensor names and shapes; floating tensors must stay floating."""
+VOCAB_RULES = ("error", "shared")
+
+
+def check_compatible(base: TensorSource, models: Sequence[TensorSource], vocab_mismatch: str = "error") -> dict[str, int]:
+    """Every model must have the base's tensor names and shapes; floating tensors must stay floating.
+
+    With ``vocab_mismatch="shared"``, tensors whose shapes differ only in their first
+    dimension (embedding and output matrices of different vocabulary sizes) are allowed;
+    the returned mapping gives, for each, the number of leading rows all models share.
+    """
+    if vocab_mismatch not in VOCAB_RULES:
+        raise MergeError(f"vocab_mismatch must be one of {list(VOCAB_RULES)}, got {vocab_mismatch!r}")
+    shared_rows: dict[str, int] = {}
     base_keys = set(base.keys())
     for model in models:
         keys = set(model.keys())
@@ -62,10 +73,17 @@ def check_compatible(base: TensorSource, models: Sequence[TensorSource]) -> None
             raise CheckpointError(f"{model.label}: " + "; ".join(parts))
         for name in base.keys():
             b, m = base.info(name), model.info(name)
-            if b.shape != m.shape:
-                raise CheckpointError(f"shape mismatch for '{name}': base {list(b.shape)} vs {list(m.shape)} in {model.label}")
             if b.dtype.is_floating_point != m.dtype.is_floating_point:
                 raise CheckpointError(f"dtype mismatch for '{name}': base {b.dtype} vs {m.dtype} in {model.label}")
+            if b.shape == m.shape:
+                continue
+            rows_only = len(b.shape) == len(m.shape) >= 1 and b.shape[1:] == m.shape[1:]
+            if rows_only and vocab_mismatch == "shared":
+                shared_rows[name] = min(shared_rows.get(name, b.shape[0]), m.shape[0])
+                continue
+            hint = " (vocabulary sizes differ: set vocab_mismatch: shared to merge the shared rows)" if rows_only else ""
+            raise CheckpointError(f"shape mismatch for '{name}': base {list(b.shape)} vs {list(m.shape)} in {model.label}{hint}")
+    return shared_rows
 
 
 def make_plan(base: TensorSource, excluded: Callable[[str], bool], out_dtype: torch.dtype | None) -> MergePlan:
@@ -101,6 +119,7 @@ class MergeEngine:
         *,
         weights: Sequence[float] | None = None,
         excluded: Callable[[str], bool] = lambda name: False,
+        vocab_mismatch: str = "error",
         out_dtype: torch.dtype | None = None,
         seed: int = 0,
         device: str | torch.device | None = "cpu",
@@ -118,16 +137,18 @@ class MergeEngine:
         self.device = resolve_device(device)
         self.workers = max(1, int(workers))
         self.progress = progress
-        check_compatible(base, self.models)
+        self.shared_rows = check_compatible(base, self.models, vocab_mismatch)
         self.plan = make_plan(base, excluded, out_dtype)
         self._copied = set(self.plan.copied)
 
     # -- reading ----------------------------------------------------------------
     def _task_vectors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        base = _checked(self.base.get(name), name, self.base.label).to(self.device, torch.float32)
+        """Base and task vectors of ``name`` in float32 -- only the shared rows where vocabularies differ."""
+        rows = self.shared_rows.get(name)
+        base = _checked(self.base.get(name)[:rows], name, self.base.label).to(self.device, torch.float32)
         deltas = []
         for model in self.models:
-            tensor = _checked(model.get(name), name, model.label)
+            tensor = _checked(model.get(name)[:rows], name, model.label)
             deltas.append(tensor.to(self.device, torch.float32) - base)
         return base, deltas
 
@@ -151,7 +172,10 @@ class MergeEngine:
         merged = base + delta.to(torch.float32)
         if not torch.isfinite(merged).all():
             raise MergeError(f"method '{self.method.name}' produced non-finite values for '{name}' (check its parameters)")
-        return merged.to(out_dtype).cpu()
+        merged = merged.to(out_dtype).cpu()
+        if name in self.shared_rows:  # rows beyond the shared vocabulary keep the base's values
+            merged = torch.cat([merged, self.base.get(name)[merged.shape[0]:].to(out_dtype)])
+        return merged
 
     def run(self, sink: Sink) -> None:
         """Merge every tensor and pass ``(name, tensor)`` to ``sink`` in the base's order."""
