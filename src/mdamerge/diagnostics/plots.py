@@ -1,0 +1,104 @@
+"""Matplotlib figures of the diagnostics (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .task_vectors import TaskVectorReport  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def short_name(name: str, limit: int = 28) -> str:
+    """Tensor names shortened for axis labels (keeps the informative tail)."""
+    name = name.replace("encoder.layers.", "L").replace(".weight", "")
+    return name if len(name) <= limit else "..." + name[-(limit - 3):]
+
+
+def cosine_heatmap(matrix: torch.Tensor, labels: Sequence[str], title: str, path: Path,
+                   col_labels: Sequence[str] | None = None) -> Path:
+    """Heatmap of a cosine-similarity matrix with its values written in the cells."""
+    col_labels = list(col_labels) if col_labels is not None else list(labels)
+    rows, cols = matrix.shape
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * cols, 1.0 + 0.5 * rows))
+    im = ax.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(cols), col_labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(rows), labels, fontsize=8)
+    if rows * cols <= 400:
+        for i in range(rows):
+            for j in range(cols):
+                ax.text(j, i, f"{float(matrix[i, j]):.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def layer_curves(report: TaskVectorReport, path: Path) -> Path:
+    """Per-layer mean pairwise cosine, mean principal angle and mean stable rank."""
+    layers = report.layers
+    x = range(len(layers))
+    fig, axes = plt.subplots(3, 1, figsize=(max(6.0, 0.3 * len(layers) + 2), 8), sharex=True)
+    axes[0].plot(x, [l.mean_cosine for l in layers], marker="o")
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("mean cos(tau_i, tau_j)")
+    axes[1].plot(x, [l.mean_angle for l in layers], marker="o", color="tab:orange")
+    axes[1].set_ylabel("mean principal angle (deg)")
+    axes[1].set_ylim(0, 90)
+    axes[2].plot(x, [sum(l.stable_ranks) / len(l.stable_ranks) for l in layers], marker="o", color="tab:green")
+    axes[2].set_ylabel("mean stable rank")
+    axes[2].set_xticks(list(x), [short_name(l.name) for l in layers], rotation=75, ha="right", fontsize=7)
+    fig.suptitle("Task vectors, layer by layer", fontsize=10)
+    return _save(fig, path)
+
+
+def angle_histogram(report: TaskVectorReport, path: Path) -> Path:
+    """Histogram of all principal angles between task subspaces (all layers, all pairs)."""
+    angles = [a for layer in report.layers for v in layer.angles.values() for a in v.tolist()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(angles, bins=45, range=(0, 90), color="tab:purple", alpha=0.8)
+    ax.set_xlabel("principal angle between top-k task subspaces (deg)")
+    ax.set_ylabel("count")
+    ax.set_title(f"{len(angles)} angles over {len(report.layers)} layers", fontsize=10)
+    return _save(fig, path)
+
+
+def spectra(report: TaskVectorReport, path: Path, max_panels: int = 4) -> Path:
+    """Normalised singular-value spectra of every task vector for a few representative layers."""
+    layers = report.layers
+    if len(layers) > max_panels:
+        picks = sorted({round(i * (len(layers) - 1) / (max_panels - 1)) for i in range(max_panels)})
+        layers = [layers[i] for i in picks]
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for label, s in zip(report.labels, layer.spectra):
+            if len(s) and s[0] > 0:
+                ax.semilogy(range(1, len(s) + 1), (s / s[0]).clamp_min(1e-8).numpy(), lw=1, label=label)
+        ax.axvline(layer.k, color="grey", ls="--", lw=0.8)
+        ax.set_title(short_name(layer.name), fontsize=8)
+        ax.set_xlabel("index (dashed: k)")
+    axes[0][0].set_ylabel("s_i / s_1")
+    if len(report.labels) <= 10:
+        axes[0][-1].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def delta_etf_bars(values: Mapping[str, float], path: Path) -> Path:
+    """Bar chart of the mean Delta_ETF of each model."""
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(names) + 2), 3.5))
+    ax.bar(range(len(names)), [values[n] for n in names], color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("mean Delta_ETF (0 = simplex ETF)")
+    return _save(fig, path)
