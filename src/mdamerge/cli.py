@@ -16,6 +16,8 @@ from .errors import MergeError
 
 # Sub-command groups that live in their own packages: (module, attribute).
 EXTRA_COMMANDS: list[tuple[str, str]] = []
+EXTRA_COMMANDS.append(("mdamerge.diagnostics.commands", "analyze"))
+EXTRA_COMMANDS.append(("mdamerge.adaptation.commands", "adapt"))
 
 
 class FriendlyGroup(click.Group):
