@@ -218,7 +218,9 @@ def adamerging(
     ``lambda`` (task x layer) and ``info["history"]`` the per-step summed entropy.
     """
     start = time.perf_counter()
-    space = MergedParameterSpace(problem.module.to(device), problem.base, problem.task_vectors(), granularity, device)
+    space = MergedParameterSpace(
+        problem.module.to(device), problem.base, list(problem.finetuned.values()), granularity, device, subtract=problem.base
+    )
     init_coefficients = torch.full(space.coefficient_shape(), float(init))
     trainer = CoefficientTrainer(
         problem, space, init_coefficients, lr=lr, clamp=clamp, batch_size=batch_size, seed=seed,

@@ -34,7 +34,12 @@ def mergeable_names(module: nn.Module) -> list[str]:
 
 
 class MergedParameterSpace:
-    """Anchor + coefficient-weighted directions, evaluated functionally (see module docstring)."""
+    """Anchor + coefficient-weighted directions, evaluated functionally (see module docstring).
+
+    ``directions`` are D mappings name -> tensor; with ``subtract`` given, each direction
+    is ``directions[j] - subtract`` (pass the fine-tuned state dicts and the base to get
+    the task vectors without building them first).
+    """
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class MergedParameterSpace:
         directions: Sequence[Mapping[str, torch.Tensor]],
         granularity: str = "layer",
         device: str | torch.device = "cpu",
+        subtract: Mapping[str, torch.Tensor] | None = None,
     ):
         if granularity not in GRANULARITIES:
             raise MergeError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
@@ -56,10 +62,17 @@ class MergedParameterSpace:
         for j, direction in enumerate(directions):
             _check_keys(self.names, direction, f"direction {j}")
         self.anchor = {n: anchor[n].detach().to(self.device, torch.float32) for n in self.names}
-        # one (D, *shape) tensor per parameter: the weighted sum is a single tensordot
-        self.stacked = {
-            n: torch.stack([d[n].detach().to(self.device, torch.float32) for d in directions]) for n in self.names
-        }
+        # one (D, *shape) tensor per parameter: the weighted sum is a single tensordot. With
+        # ``subtract`` (the base), directions are fine-tuned weights and task vectors are formed
+        # here tensor by tensor, so no second full set of task vectors is ever materialised.
+        self.stacked = {}
+        for n in self.names:
+            rows = [d[n].detach().to(self.device, torch.float32) for d in directions]
+            stacked = torch.stack(rows)
+            del rows
+            if subtract is not None:
+                stacked -= subtract[n].detach().to(self.device, torch.float32)
+            self.stacked[n] = stacked
         for n in self.names:
             if self.stacked[n].shape[1:] != self.anchor[n].shape:
                 raise CheckpointError(

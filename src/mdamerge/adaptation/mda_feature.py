@@ -201,17 +201,8 @@ def mda_feature_alignment(
     start = time.perf_counter()
     module = problem.module.to(device)
     info: dict[str, Any] = {"init": init}
-    if init == "mda":
-        merged = merge_state_dicts(dict(problem.base), list(problem.finetuned.values()), "mda", **dict(mda_params or {}))
-        names = mergeable_names(module)
-        directions = [{n: merged[n].float() - problem.base[n].float() for n in names}]
-        info["mda_params"] = dict(mda_params or {})
-        start_value = 1.0
-    else:
-        directions = problem.task_vectors()
-        start_value = ta_init
-    space = MergedParameterSpace(module, problem.base, directions, granularity, device)
     if init == "am" and init_coefficients is None:
+        # before building our own parameter space, so two copies of the task vectors never coexist
         am = adamerging(
             problem, granularity=granularity, steps=steps if am_steps is None else am_steps, lr=lr,
             init=ta_init, batch_size=batch_size, device=device, seed=seed, progress=progress,
@@ -219,6 +210,20 @@ def mda_feature_alignment(
         init_coefficients = torch.tensor(am.info["coefficients"]["values"])
         info["adamerging"] = {k: am.info[k] for k in ("steps", "seconds", "coefficients", "clamp")}
         info["adamerging"]["final_entropy"] = am.info["history"][-1]["total"] if am.info["history"] else None
+        del am
+    if init == "mda":
+        merged = merge_state_dicts(dict(problem.base), list(problem.finetuned.values()), "mda", **dict(mda_params or {}))
+        names = mergeable_names(module)
+        directions = [{n: merged[n].float() - problem.base[n].float() for n in names}]
+        info["mda_params"] = dict(mda_params or {})
+        space = MergedParameterSpace(module, problem.base, directions, granularity, device)
+        del merged, directions
+        start_value = 1.0
+    else:
+        space = MergedParameterSpace(
+            module, problem.base, list(problem.finetuned.values()), granularity, device, subtract=problem.base
+        )
+        start_value = ta_init
     if init_coefficients is None:
         init_coefficients = torch.full(space.coefficient_shape(), float(start_value))
     init_coefficients = torch.as_tensor(init_coefficients, dtype=torch.float32)
