@@ -45,11 +45,20 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="Tensors merged in parallel on this machine.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet):
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Merge tensors on a Ray cluster: 'auto', HOST:PORT, ray://HOST:PORT, or 'local' (start one here).")
+def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_address):
     """Merge the models that CONFIG (YAML) names into a Hugging Face folder."""
     from .engine import merge
 
-    result = merge(config, out_dir, device=device, dtype=dtype, workers=workers, overwrite=overwrite, progress=not quiet)
+    if ray_address is not None:
+        from .engine.distributed import RayExecutor
+
+        with RayExecutor(ray_address) as executor:
+            result = merge(config, out_dir, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet,
+                           executor=executor)
+    else:
+        result = merge(config, out_dir, device=device, dtype=dtype, workers=workers, overwrite=overwrite, progress=not quiet)
     click.echo(
         f"merged {result.merged} tensors ({result.copied} copied from the base) with '{result.method}' "
         f"in {result.seconds:.1f}s -> {result.out_dir} [{', '.join(result.shards)}]"

@@ -49,13 +49,16 @@ def merge(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    executor=None,
 ) -> MergeResult:
     """Merge the checkpoints a config names and write a Hugging Face folder to ``out_dir``.
 
     ``config`` is a :class:`MergeConfig`, a mapping of the YAML schema, or a YAML path.
     ``device``, ``dtype`` and ``workers`` override the config. The folder holds the
     (sharded) safetensors weights, the base's non-weight files, ``merge_config.yaml``
-    and a ``README.md`` model card; it appears only once complete.
+    and a ``README.md`` model card; it appears only once complete. ``executor``
+    distributes the tensors (see :meth:`MergeEngine.run`), e.g. a
+    :class:`~mdamerge.engine.distributed.RayExecutor`.
     """
     cfg = _as_config(config)
     if dtype is not None:
@@ -73,7 +76,7 @@ def merge(
     with AtomicOutputDir(out_dir, overwrite=overwrite) as tmp:
         writer = ShardedWriter(tmp, engine.plan.entries(), cfg.shard_size)
         try:
-            engine.run(writer.write)
+            engine.run(writer.write, executor=executor)
         except BaseException:
             writer.abort()
             raise

@@ -177,12 +177,23 @@ class MergeEngine:
             merged = torch.cat([merged, self.base.get(name)[merged.shape[0]:].to(out_dtype)])
         return merged
 
-    def run(self, sink: Sink) -> None:
-        """Merge every tensor and pass ``(name, tensor)`` to ``sink`` in the base's order."""
+    def run(self, sink: Sink, executor=None) -> None:
+        """Merge every tensor and pass ``(name, tensor)`` to ``sink`` in the base's order.
+
+        ``executor`` (optional) merges the tensors elsewhere, e.g. on a Ray cluster
+        (:class:`mdamerge.engine.distributed.RayExecutor`): an object whose
+        ``map_ordered(engine, names, state)`` yields ``(name, merge_one(name, state))``
+        in the order of ``names``.
+        """
         state = self.method.prepare(self.task_vector_stream, self.params_for) if self.method.needs_prepass else None
         names = self.plan.names
         bar = tqdm(total=len(names), desc=f"merge ({self.method.name})", unit="tensor", disable=not self.progress)
         try:
+            if executor is not None:
+                for name, tensor in executor.map_ordered(self, names, state):
+                    sink(name, tensor)
+                    bar.update()
+                return
             if self.workers == 1:
                 for name in names:
                     sink(name, self.merge_one(name, state))

@@ -9,6 +9,8 @@ Accepted layouts (safetensors preferred whenever present):
   * a single ``.safetensors`` file;
   * a single ``.bin`` / ``.pt`` / ``.pth`` state dict, read with
     ``torch.load(weights_only=True, mmap=True)`` -- never unpickling arbitrary objects.
+    (Memory-mapped pages of such files count towards RSS once read; safetensors
+    files are read tensor by tensor and do not.)
 """
 
 from __future__ import annotations
@@ -58,7 +60,6 @@ class Checkpoint:
         self._files = _weight_files(self.path)
         self._location: dict[str, Path] = {}
         self._info: dict[str, TensorInfo] = {}
-        self._handles: dict[Path, object] = {}
         self._torch_dicts: dict[Path, dict[str, torch.Tensor]] = {}
         for file in self._files:
             self._index_file(file)
@@ -94,7 +95,10 @@ class Checkpoint:
         """Read one tensor (a fresh CPU tensor)."""
         file = self._location[name]
         if file.suffix == ".safetensors":
-            return self._safetensors_handle(file).get_tensor(name)
+            # A fresh handle per read: a long-lived one keeps the whole file mapped, and every
+            # page read so far stays resident -- merging would then cost O(model) RSS per input.
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                return handle.get_tensor(name)
         return self._torch_dicts[file][name]
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -102,7 +106,6 @@ class Checkpoint:
             yield name, self.get(name)
 
     def close(self) -> None:
-        self._handles.clear()
         self._torch_dicts.clear()
 
     def __enter__(self) -> "Checkpoint":
@@ -112,21 +115,16 @@ class Checkpoint:
         self.close()
 
     # -- internals -----------------------------------------------------------
-    def _safetensors_handle(self, file: Path):
-        if file not in self._handles:
-            self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
-        return self._handles[file]
-
     def _index_file(self, file: Path) -> None:
         if file.suffix == ".safetensors":
             try:
-                handle = self._safetensors_handle(file)
-                for name in handle.keys():
-                    sl = handle.get_slice(name)
-                    dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
-                    if dtype is None:
-                        raise CheckpointError(f"unsupported dtype {sl.get_dtype()} of tensor '{name}' in {file}")
-                    self._add(name, file, TensorInfo(tuple(sl.get_shape()), dtype))
+                with safe_open(str(file), framework="pt", device="cpu") as handle:
+                    for name in handle.keys():
+                        sl = handle.get_slice(name)
+                        dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
+                        if dtype is None:
+                            raise CheckpointError(f"unsupported dtype {sl.get_dtype()} of tensor '{name}' in {file}")
+                        self._add(name, file, TensorInfo(tuple(sl.get_shape()), dtype))
             except CheckpointError:
                 raise
             except Exception as exc:  # safetensors raises its own error types
