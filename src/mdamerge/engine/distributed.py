@@ -39,6 +39,19 @@ def import_ray():
     return ray
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast with a clear message when nothing listens at ``HOST:PORT`` (Ray itself retries for minutes)."""
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        raise MergeError(f"Ray address '{address}' must be 'auto', 'local', HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise MergeError(f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc}") from None
+
+
 class PortableCheckpointSource:
     """A checkpoint source that pickles as its path and reopens the files where it is unpickled."""
 
@@ -118,6 +131,8 @@ class RayExecutor:
         self.ray = import_ray()
         self._started = False
         if not self.ray.is_initialized():
+            if address not in (None, LOCAL, "auto"):
+                check_reachable(address)
             try:
                 if address in (None, LOCAL):
                     self.ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
