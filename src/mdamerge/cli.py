@@ -18,6 +18,7 @@ from .errors import MergeError
 EXTRA_COMMANDS: list[tuple[str, str]] = []
 EXTRA_COMMANDS.append(("mdamerge.diagnostics.commands", "analyze"))
 EXTRA_COMMANDS.append(("mdamerge.adaptation.commands", "adapt"))
+EXTRA_COMMANDS.append(("mdamerge.lora.commands", "lora"))
 
 
 class FriendlyGroup(click.Group):
