@@ -14,7 +14,7 @@ parameters:               # the method's options (see `mdamerge adapt --list`)
 ```
 
 The output folder holds the merged backbone (``model.safetensors`` + the base's
-``config.json``), the per-task rotations (``feature_transforms.safetensors``) and
+``config.json``), the per-task rotations (``feature_transforms/rotations.safetensors``) and
 ``adaptation.json`` (settings, coefficients, per-step losses, test accuracy).
 """
 

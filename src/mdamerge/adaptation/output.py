@@ -3,8 +3,10 @@
 A result folder is a Hugging Face style model folder (the merged backbone's
 ``model.safetensors`` plus the base's non-weight files such as ``config.json``), and:
 
-* ``feature_transforms.safetensors`` -- one ``d x d`` rotation per task, keyed by task
-  name (absent when the method learns none); apply ``f -> R f`` before the task head;
+* ``feature_transforms/rotations.safetensors`` -- one ``d x d`` rotation per task, keyed
+  by task name (absent when the method learns none); apply ``f -> R f`` before the task
+  head. It lives in a sub-folder because checkpoint readers take every
+  ``*.safetensors`` file at the top level for model weights;
 * ``adaptation.json`` -- the run's settings, learned coefficients and loss history.
 """
 
@@ -22,7 +24,7 @@ from ..io.writer import AtomicOutputDir, copy_non_weight_files
 from .adamerging import AdaptiveResult
 from .rotations import FixedRotation
 
-TRANSFORMS_NAME = "feature_transforms.safetensors"
+TRANSFORMS_NAME = "feature_transforms/rotations.safetensors"
 INFO_NAME = "adaptation.json"
 
 
@@ -47,6 +49,7 @@ def save_adaptive_result(result: AdaptiveResult, out_dir: str | Path, base_dir: 
             copy_non_weight_files(Path(base_dir), tmp)
         matrices = transform_matrices(result)
         if matrices:
+            (tmp / TRANSFORMS_NAME).parent.mkdir()
             save_file(matrices, str(tmp / TRANSFORMS_NAME), metadata={"format": "pt", "convention": "f -> R f"})
         info = {**result.info, **(extra_info or {})}
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=1, default=str) + "\n")

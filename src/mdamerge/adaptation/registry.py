@@ -14,42 +14,34 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import MergeError, closest_hint
-from ..io.checkpoint import Checkpoint
 from .adamerging import AdaptiveResult, adamerging
 from .mda_feature import mda_feature_alignment
 from .problem import AdaptationProblem
 
 
-def read_state_dict(folder) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder (safe loading through :class:`Checkpoint`)."""
-    with Checkpoint(folder) as ckpt:
-        return dict(ckpt.items())
-
-
 def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
-    """A suite name (``tasks8``) or a comma-separated string/list of task names -> task list."""
-    from ..zoo.tasks import SUITES
+    """A suite name (``tasks8``), a comma-separated string or a list of task names -> validated task list."""
+    from ..zoo.tasks import resolve_tasks as zoo_resolve
 
-    if isinstance(tasks, str):
-        if tasks in SUITES:
-            return list(SUITES[tasks])
-        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    return list(tasks)
+    return zoo_resolve(tasks if isinstance(tasks, str) else list(tasks))
 
 
 def problem_from_zoo(zoo, tasks: str | Sequence[str], split: str = "test", max_unlabeled: int | None = None) -> AdaptationProblem:
-    """Backbone, weights, heads and unlabeled ``split`` inputs of ``tasks`` from an offline zoo."""
-    from ..zoo.model import TinyViT
-    from ..zoo.tasks import load_task
+    """Backbone, weights, heads and unlabeled ``split`` inputs of ``tasks`` from an offline zoo.
 
+    Raises a one-line :class:`MergeError` naming the first task the zoo has not built.
+    """
     task_list = resolve_tasks(tasks)
-    module = TinyViT.from_pretrained(zoo.base_dir)
+    missing = [t for t in task_list if not zoo.is_built(t)] if hasattr(zoo, "is_built") else []
+    if missing:
+        raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")
+    module = zoo.load_backbone()
     base = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    finetuned = {t: read_state_dict(zoo.finetuned_dir(t)) for t in task_list}
+    finetuned = {t: zoo.finetuned_state_dict(t) for t in task_list}
     heads = {t: zoo.head(t) for t in task_list}
     unlabeled = {}
     for t in task_list:
-        inputs = getattr(load_task(t), split)[0]
+        inputs = zoo.task_data(t).split(split)[0]
         unlabeled[t] = inputs[:max_unlabeled] if max_unlabeled else inputs
     return AdaptationProblem(module, base, finetuned, heads, unlabeled)
 
@@ -80,4 +72,5 @@ ADAPTIVE_METHODS: dict[str, Callable[..., AdaptiveResult]] = {
     "mda_am": _zoo_method(mda_feature_alignment, "mda_am", init="am"),
     "mda_am_norot": _zoo_method(mda_feature_alignment, "mda_am_norot", init="am", use_rotation=False),
 }
-ADAPTIVE_METHODS["adamerging"] = ADAPTIVE_METHODS["adamerging_layer"]
+# the literature's "AdaMerging" is the layer-wise variant
+ADAPTIVE_METHODS["adamerging"] = _zoo_method(adamerging, "adamerging", granularity="layer")

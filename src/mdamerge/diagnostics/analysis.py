@@ -74,18 +74,38 @@ def merged_alignment(base: Checkpoint, merged: Sequence[Checkpoint], models: Seq
     return cos[:left, left:].float()
 
 
+def task_etf_data(tasks: Sequence[str], zoo, max_samples: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``task -> (test inputs, labels, head weight)``, the first ``max_samples`` test examples."""
+    data = {}
+    for t in tasks:
+        x, y = zoo.task_data(t).test
+        data[t] = (x[:max_samples], y[:max_samples], zoo.head(t).weight.detach().cpu())
+    return data
+
+
+def model_etf(model: Callable[[torch.Tensor], torch.Tensor], data, tasks: Sequence[str], transforms=None,
+              device="cpu") -> list[tuple[str, float, float | None]]:
+    """``(task, Delta_ETF, prototype misalignment)`` of one backbone on each task's data."""
+    out = []
+    for t in tasks:
+        x, y, head_weight = data[t]
+        num_classes = head_weight.shape[0]
+        transform = (transforms or {}).get(t)
+        feats = extract_features(model, x, device=device, transform=transform)
+        means = class_means(feats, y, num_classes)
+        misalign = prototype_misalignment(means, head_weight) if means.shape[0] == num_classes else None
+        out.append((t, delta_etf(means), misalign))
+    return out
+
+
 def delta_etf_rows(inputs: AnalysisInputs, zoo, labels: list[str],
                    progress: Callable[[str], None] = lambda _: None) -> list[EtfRow]:
     """Delta_ETF of the pretrained, fine-tuned and merged TinyViT models on the tasks' test sets."""
     from ..adaptation.output import load_feature_transforms
     from ..zoo.model import TinyViT
-    from ..zoo.tasks import load_task
 
     tasks = inputs.tasks or []
-    data = {}
-    for t in tasks:
-        x, y = load_task(t).test
-        data[t] = (x[: inputs.max_samples], y[: inputs.max_samples], zoo.head(t).weight.detach())
+    data = task_etf_data(tasks, zoo, inputs.max_samples)
     plan: list[tuple[str, str, Path, list[str]]] = [("pretrained", "pretrained", inputs.base, tasks)]
     plan += [(label, "fine-tuned", path, [task]) for label, path, task in zip(labels, inputs.models, tasks)]
     plan += [(label, "merged", path, tasks) for label, path in zip(unique_labels(inputs.merged), inputs.merged)]
@@ -93,14 +113,9 @@ def delta_etf_rows(inputs: AnalysisInputs, zoo, labels: list[str],
     for label, role, folder, its_tasks in plan:
         progress(f"Delta_ETF: {label}")
         model = TinyViT.from_pretrained(folder, device=inputs.device).eval()
-        transforms = load_feature_transforms(folder) or {}
-        for t in its_tasks:
-            x, y, head_weight = data[t]
-            num_classes = head_weight.shape[0]
-            feats = extract_features(model, x, device=inputs.device, transform=transforms.get(t))
-            means = class_means(feats, y, num_classes)
-            misalign = prototype_misalignment(means, head_weight) if means.shape[0] == num_classes else None
-            rows.append(EtfRow(label, role, t, delta_etf(means), misalign))
+        transforms = load_feature_transforms(folder)
+        for task, value, misalign in model_etf(model, data, its_tasks, transforms, inputs.device):
+            rows.append(EtfRow(label, role, task, value, misalign))
     return rows
 
 

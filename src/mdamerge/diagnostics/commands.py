@@ -38,15 +38,17 @@ def analyze(base, models, merged, suite, task_list, zoo_root, rank_fraction, max
     tasks, zoo = None, None
     if suite or task_list:
         from ..adaptation.registry import resolve_tasks
+        from ..errors import closest_hint
         from ..zoo.build import Zoo
         from ..zoo.tasks import SUITES
 
         if suite and suite not in SUITES:
-            from ..errors import closest_hint
-
             raise MergeError(f"unknown suite '{suite}'" + closest_hint(suite, SUITES) + f"; choose from {', '.join(SUITES)}")
         tasks = resolve_tasks(suite or task_list)
         zoo = Zoo(root=zoo_root)
+        missing = zoo.missing(tasks)
+        if missing:
+            raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")
     model_paths = _paths(models)
     if zoo is not None:
         base = base or zoo.base_dir
