@@ -19,6 +19,9 @@ EXTRA_COMMANDS: list[tuple[str, str]] = []
 EXTRA_COMMANDS.append(("mdamerge.diagnostics.commands", "analyze"))
 EXTRA_COMMANDS.append(("mdamerge.adaptation.commands", "adapt"))
 EXTRA_COMMANDS.append(("mdamerge.lora.commands", "lora"))
+EXTRA_COMMANDS.append(("mdamerge.zoo.commands", "zoo_group"))
+EXTRA_COMMANDS.append(("mdamerge.evaluation.commands", "eval_cmd"))
+EXTRA_COMMANDS.append(("mdamerge.evaluation.commands", "bench_cmd"))
 
 
 class FriendlyGroup(click.Group):

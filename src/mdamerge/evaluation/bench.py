@@ -1,0 +1,424 @@
+"""The offline merging benchmark: one table per suite, like the literature's CLIP table.
+
+Rows: the pretrained backbone (with the frozen task heads), the individually fine-tuned
+backbones (each on its own task), then every merging method. Columns: accuracy per task,
+the average, and the normalised average (merged / fine-tuned, per task, then averaged).
+
+Hyperparameters that the literature tunes -- each method's ``scaling`` and, for MDA, its
+open options (``etf_side``, ``etf_over``, ``polar``) -- are chosen on the *validation*
+split; the test split is only used for the reported numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from ..engine import merge_state_dicts
+from ..errors import ConfigError, closest_hint
+from ..methods import available_methods, get_method
+from ..zoo.build import Zoo
+from ..zoo.model import TinyViT
+from ..zoo.tasks import SUITES, resolve_tasks
+from .evaluate import average, evaluate_backbone, evaluate_model, normalized
+
+# Display order of the data-free methods; methods registered later are appended.
+PREFERRED_ORDER = ("average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda")
+
+# Validation grids of the scaling factor (extended automatically when the best value lies on an edge).
+SCALING_GRIDS: dict[str, tuple[float, ...]] = {
+    "task_arithmetic": (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0),
+    "ties": (0.2, 0.3, 0.4, 0.6, 0.8, 1.0),
+    "dare": (0.1, 0.2, 0.3, 0.4, 0.5, 0.7),
+    "tsv": (0.6, 0.8, 1.0, 1.2, 1.5),
+    "iso_c": (0.6, 0.9, 1.2, 1.5, 1.8, 2.2),
+    "iso_cts": (0.6, 0.9, 1.2, 1.5, 1.8, 2.2),
+    "mda": (0.6, 0.8, 1.0, 1.2, 1.5),
+}
+MAX_EDGE_EXTENSIONS = 3
+# MDA's open choices, decided by the benchmark on validation data.
+MDA_OPTIONS = {"etf_side": ("left", "right", "both"), "etf_over": ("directions", "tasks"), "polar": (True, False)}
+
+
+@dataclass
+class Trial:
+    """One validated configuration."""
+
+    params: dict[str, Any]
+    val_average: float
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    kind: str  # "reference", "data-free" or "data-based"
+    accuracies: dict[str, float]
+    params: dict[str, Any] = field(default_factory=dict)
+    val_average: float | None = None
+    trials: list[Trial] = field(default_factory=list)
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def average(self) -> float:
+        return average(self.accuracies)
+
+
+@dataclass
+class BenchResult:
+    """The benchmark table of one suite, with how every number was obtained."""
+
+    suite: str
+    tasks: list[str]
+    rows: list[Row]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, name: str) -> Row:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    @property
+    def finetuned(self) -> Row:
+        return self.row("fine-tuned")
+
+    def normalized(self, name: str) -> dict[str, float]:
+        """Per-task accuracy of a row divided by the individually fine-tuned accuracy."""
+        return normalized(self.row(name).accuracies, self.finetuned.accuracies)
+
+    def normalized_average(self, name: str) -> float:
+        return average(self.normalized(name))
+
+    def to_dict(self) -> dict:
+        rows = []
+        for row in self.rows:
+            data = asdict(row)
+            data["average"] = row.average
+            data["normalized_average"] = self.normalized_average(row.name)
+            rows.append(data)
+        return {"suite": self.suite, "tasks": self.tasks, "rows": rows, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchResult":
+        rows = []
+        for r in data["rows"]:
+            r = {k: v for k, v in r.items() if k not in ("average", "normalized_average")}
+            r["trials"] = [Trial(**t) for t in r.get("trials", [])]
+            rows.append(Row(**r))
+        return cls(data["suite"], list(data["tasks"]), rows, data.get("meta", {}))
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``bench-<suite>.json`` and ``bench-<suite>.md`` into ``out_dir``."""
+        import json
+
+        from .tables import markdown_report
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / f"bench-{self.suite}.json", "markdown": out / f"bench-{self.suite}.md"}
+        for kind, path in paths.items():
+            text = json.dumps(self.to_dict(), indent=2) + "\n" if kind == "json" else markdown_report(self)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        return paths
+
+
+# ---------------------------------------------------------------------------
+# Method selection
+# ---------------------------------------------------------------------------
+def data_free_methods() -> list[str]:
+    names = available_methods()
+    return [m for m in PREFERRED_ORDER if m in names] + [m for m in names if m not in PREFERRED_ORDER]
+
+
+def adaptive_methods() -> dict[str, Callable]:
+    """The data-based methods of :mod:`mdamerge.adaptation`, if that package is available."""
+    try:
+        from ..adaptation import ADAPTIVE_METHODS
+    except ImportError:
+        return {}
+    return dict(ADAPTIVE_METHODS)
+
+
+def _distinct_adaptive(methods: dict[str, Callable]) -> list[str]:
+    """Registry names minus aliases (two names for the same algorithm with the same fixed options)."""
+    seen, out = set(), []
+    for name, fn in methods.items():
+        key = fn.__doc__ or name
+        if key not in seen:
+            seen.add(key)
+            out.append(name)
+    return out
+
+
+def resolve_methods(methods: str | Sequence[str]) -> list[str]:
+    """``all``, ``data-free``, ``data-based`` or a comma-separated list -> method names, validated."""
+    adaptive = adaptive_methods()
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    out: list[str] = []
+    for m in methods:
+        if m == "data-free":
+            out += data_free_methods()
+        elif m == "data-based":
+            out += _distinct_adaptive(adaptive)
+        elif m == "all":
+            out += data_free_methods() + _distinct_adaptive(adaptive)
+        elif m in available_methods() or m in adaptive:
+            out.append(m)
+        else:
+            known = [*available_methods(), *adaptive, "all", "data-free", "data-based"]
+            raise ConfigError(f"unknown method '{m}'" + closest_hint(m, known) + f"; available: {', '.join(known)}")
+    if not out:
+        raise ConfigError("no methods given (use e.g. --methods data-free)")
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------
+# Validation search
+# ---------------------------------------------------------------------------
+class ScaledMerge:
+    """Merges of one method at several scaling factors for the price of one.
+
+    The methods here return ``base + scaling * f(task vectors)``; this computes ``f`` once
+    (with ``merge_state_dicts`` at ``scaling = 1``) and rescales it. The first rescaled
+    merge is checked against a real merge at that scaling; if they differ (a method that
+    is not linear in its scaling), every merge is computed in full instead.
+    """
+
+    def __init__(self, base: dict, finetuned: list[dict], method: str, params: dict, device: str, seed: int):
+        self.base, self.finetuned, self.method, self.params = base, finetuned, method, params
+        self.device, self.seed = device, seed
+        self.has_scaling = any(p.name == "scaling" for p in get_method(method).params)
+        self._unit = None
+        self._checked = not self.has_scaling
+        self.linear = self.has_scaling
+
+    def _merge(self, **extra) -> dict[str, torch.Tensor]:
+        return merge_state_dicts(self.base, self.finetuned, self.method, seed=self.seed, device=self.device,
+                                 **self.params, **extra)
+
+    def __call__(self, scaling: float | None = None) -> dict[str, torch.Tensor]:
+        if not self.has_scaling:
+            return self._merge()
+        if not self.linear:
+            return self._merge(scaling=scaling)
+        if self._unit is None:
+            merged = self._merge(scaling=1.0)
+            self._unit = {k: (v.float() - self.base[k].float()) if v.is_floating_point() else None for k, v in merged.items()}
+        out = {k: (self.base[k].float() + scaling * d).to(self.base[k].dtype) if d is not None else self.base[k]
+               for k, d in self._unit.items()}
+        if not self._checked:
+            self._checked = True
+            reference = self._merge(scaling=scaling)
+            if not all(torch.allclose(out[k].float(), reference[k].float(), rtol=1e-4, atol=1e-6) for k in out):
+                self.linear = False
+                return reference
+        return out
+
+
+def search_scaling(
+    scaled: ScaledMerge, grid: Sequence[float], score: Callable[[dict], float], fixed: dict[str, Any],
+) -> tuple[float, float, list[Trial]]:
+    """Best scaling on validation, widening the grid while the best value sits on its edge."""
+    values = sorted(set(grid))
+    scores: dict[float, float] = {}
+    for _ in range(MAX_EDGE_EXTENSIONS + 1):
+        for s in values:
+            if s not in scores:
+                scores[s] = score(scaled(s))
+        best = max(values, key=lambda s: (scores[s], -abs(s - 1.0)))
+        if best == values[-1]:
+            values.append(round(values[-1] * 1.3, 4))
+        elif best == values[0] and values[0] > 0.02:
+            values.insert(0, round(values[0] * 0.6, 4))
+        else:
+            break
+    best = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)))
+    trials = [Trial({**fixed, "scaling": s}, scores[s]) for s in sorted(scores)]
+    return best, scores[best], trials
+
+
+def scaling_grid(method: str) -> tuple[float, ...]:
+    if method in SCALING_GRIDS:
+        return SCALING_GRIDS[method]
+    default = next(p.default for p in get_method(method).params if p.name == "scaling")
+    return tuple(round(default * f, 4) for f in (0.5, 0.75, 1.0, 1.25, 1.5))
+
+
+# ---------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------
+def run_bench(
+    suite: str | Sequence[str] = "tasks8",
+    methods: str | Sequence[str] = "data-free",
+    zoo: Zoo | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    *,
+    search: bool = True,
+    val_limit: int | None = None,
+    seed: int = 0,
+    build: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
+) -> BenchResult:
+    """Benchmark ``methods`` on a suite of the zoo; builds missing zoo models when ``build``.
+
+    ``search=False`` uses each method's defaults instead of validating the scaling (and
+    MDA's options). ``val_limit`` caps the validation examples per task during the
+    search. ``method_options[name]`` passes extra keyword arguments to a method (e.g.
+    ``{"adamerging": {"steps": 200}}``). Results go to ``out_dir`` when given.
+    """
+    say = log or (lambda _msg: None)
+    suite_name = suite if isinstance(suite, str) and suite in SUITES else "custom"
+    tasks = resolve_tasks(suite if isinstance(suite, str) else list(suite))
+    names = resolve_methods(methods)
+    zoo = zoo if zoo is not None else Zoo()
+    missing = zoo.missing(tasks)
+    if missing:
+        if not build:
+            raise ConfigError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")
+        say(f"building the zoo for {len(missing)} task(s) in {zoo.root} ...")
+        zoo.build(tasks, progress=progress, device=device)
+    options = method_options or {}
+    start = time.perf_counter()
+
+    base = zoo.base_state_dict()  # read through mdamerge.io.checkpoint.Checkpoint
+    finetuned = [zoo.finetuned_state_dict(t) for t in tasks]
+    rows = [_pretrained_row(zoo, tasks, device), _finetuned_row(zoo, tasks, device)]
+    say(_row_line(rows[0]))
+    say(_row_line(rows[1]))
+
+    def val_score(state: dict) -> float:
+        return average(evaluate_backbone(state, zoo, tasks, split="val", device=device, limit=val_limit))
+
+    adaptive = adaptive_methods()
+    for name in names:
+        t0 = time.perf_counter()
+        if name in adaptive:
+            row = _adaptive_row(name, adaptive[name], zoo, tasks, device, seed, options.get(name, {}))
+        else:
+            row = _data_free_row(name, base, finetuned, zoo, tasks, device, seed, search, val_score, options.get(name, {}))
+        row.seconds = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        say(_row_line(row))
+
+    meta = {
+        "zoo": str(zoo.root), "device": device, "seed": seed, "search": search, "val_limit": val_limit,
+        "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - start, 1),
+        "zoo_settings": zoo.settings.to_dict(),
+        "zoo_build_seconds": {"pretrained": zoo.pretrain_record.get("seconds"),
+                              **{t: zoo.records[t].get("seconds") for t in tasks}},
+    }
+    result = BenchResult(suite_name, tasks, rows, meta)
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _row_line(row: Row) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in row.params.items())
+    return f"{row.name}: average {100 * row.average:.1f}%" + (f" ({params})" if params else "") + (
+        f" [{row.seconds:.0f}s]" if row.seconds else "")
+
+
+def _pretrained_row(zoo: Zoo, tasks: list[str], device: str) -> Row:
+    t0 = time.perf_counter()
+    model = zoo.load_backbone()
+    acc = evaluate_model(model, zoo, tasks, "test", device)
+    return Row("pretrained", "reference", acc, seconds=round(time.perf_counter() - t0, 1))
+
+
+def _finetuned_row(zoo: Zoo, tasks: list[str], device: str) -> Row:
+    """Each task's own fine-tuned backbone, loaded from its Hugging Face folder."""
+    t0 = time.perf_counter()
+    acc = {}
+    for task in tasks:
+        model = TinyViT.from_pretrained(zoo.finetuned_dir(task))
+        acc[task] = evaluate_model(model, zoo, [task], "test", device)[task]
+    return Row("fine-tuned", "reference", acc, seconds=round(time.perf_counter() - t0, 1))
+
+
+def _data_free_row(
+    name: str, base: dict, finetuned: list[dict], zoo: Zoo, tasks: list[str], device: str, seed: int, search: bool,
+    val_score: Callable[[dict], float], extra: dict[str, Any],
+) -> Row:
+    method = get_method(name)
+    has_scaling = any(p.name == "scaling" for p in method.params)
+    tuned_scaling = has_scaling and search and "scaling" not in extra
+    option_sets = [extra]
+    if name == "mda" and search and not (set(MDA_OPTIONS) & set(extra)):
+        keys = list(MDA_OPTIONS)
+        option_sets = [{**extra, **dict(zip(keys, combo))} for combo in itertools.product(*MDA_OPTIONS.values())]
+    trials: list[Trial] = []
+    best: tuple[float, dict, float | None] | None = None
+    for opts in option_sets:
+        scaled = ScaledMerge(base, finetuned, name, opts, device, seed)
+        if tuned_scaling:
+            s, val, tried = search_scaling(scaled, scaling_grid(name), val_score, opts)
+            trials += tried
+            candidate = (val, opts, s)
+        else:
+            val = val_score(scaled(extra.get("scaling"))) if search else float("nan")
+            candidate = (val, opts, None)
+            if search:
+                trials.append(Trial(dict(opts), val))
+        if best is None or (not math.isnan(candidate[0]) and candidate[0] > best[0]):
+            best = candidate
+    assert best is not None
+    val, opts, s = best
+    params = {**opts, **({"scaling": s} if s is not None else {})}
+    final = ScaledMerge(base, finetuned, name, opts, device, seed)(s if s is not None else extra.get("scaling"))
+    acc = evaluate_backbone(final, zoo, tasks, "test", device)
+    return Row(name, "data-free", acc, params=params, val_average=None if math.isnan(val) else val, trials=trials)
+
+
+def _adaptive_row(
+    name: str, fn: Callable, zoo: Zoo, tasks: list[str], device: str, seed: int, extra: dict[str, Any],
+) -> Row:
+    result = fn(zoo, tasks, device=device, seed=seed, **extra)
+    acc = evaluate_backbone(result.state_dict, zoo, tasks, "test", device, feature_transforms=result.feature_transforms)
+    info = {k: v for k, v in (result.info or {}).items() if _jsonable(v)}
+    params = {k: v for k, v in extra.items() if _jsonable(v)}
+    return Row(name, "data-based", acc, params=params, info=info)
+
+
+def _jsonable(value: Any) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def mda_option_summary(result: BenchResult) -> list[dict[str, Any]]:
+    """Best validation average (and its scaling) of each MDA option set tried, best first."""
+    try:
+        row = result.row("mda")
+    except KeyError:
+        return []
+    best: dict[tuple, Trial] = {}
+    for trial in row.trials:
+        key = tuple((k, trial.params.get(k)) for k in MDA_OPTIONS)
+        if key not in best or trial.val_average > best[key].val_average:
+            best[key] = trial
+    out = [{**dict(k), "scaling": t.params.get("scaling"), "val_average": t.val_average} for k, t in best.items()]
+    return sorted(out, key=lambda d: -d["val_average"])
+
+
+def suites_of(names: Iterable[str]) -> list[str]:
+    return [s for s in SUITES if s in names]

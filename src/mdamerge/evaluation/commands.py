@@ -1,0 +1,94 @@
+"""``mdamerge eval`` and ``mdamerge bench``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import MergeError
+from ..zoo.build import default_cache_dir
+from ..zoo.commands import CACHE_HELP, task_selection, zoo_from_cache
+from ..zoo.tasks import SUITES
+
+
+@click.command("eval")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(SUITES)}.")
+@click.option("--tasks", default=None, help="Comma-separated task names (instead of --suite).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Save eval.json and eval.md here.")
+def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir):
+    """Accuracy of the backbone in MODEL_DIR (e.g. a merged zoo model) on each task, through the zoo's heads."""
+    from .evaluate import average, evaluate_folder, normalized
+    from .tables import pct
+
+    zoo = zoo_from_cache(cache)
+    names = task_selection(suite, tasks)
+    missing = zoo.missing(names)
+    if missing:
+        raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build --suite {suite}")
+    acc = evaluate_folder(model_dir, zoo, names, split, device)
+    reference = {t: zoo.individual_accuracy(t, split) for t in names} if split in ("val", "test") else {}
+    norm = normalized(acc, reference) if reference else {}
+    lines = ["| Task | Accuracy | Normalised |", "| --- | ---: | ---: |"]
+    lines += [f"| {t} | {pct(acc[t])} | {pct(norm.get(t))} |" for t in names]
+    lines.append(f"| **Average** | {pct(average(acc))} | {pct(average(norm)) if norm else '-'} |")
+    table = "\n".join(lines) + "\n"
+    click.echo(f"{model_dir} on {split} ({len(names)} tasks), accuracy (%):\n\n{table}")
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(
+            {"model": str(model_dir), "split": split, "tasks": names, "accuracies": acc, "normalized": norm,
+             "average": average(acc), "normalized_average": average(norm) if norm else None}, indent=2) + "\n")
+        (out / "eval.md").write_text(table)
+        click.echo(f"saved {out / 'eval.json'} and {out / 'eval.md'}")
+
+
+@click.command("bench")
+@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(SUITES)}.")
+@click.option("--tasks", default=None, help="Comma-separated task names (instead of --suite).")
+@click.option("--methods", default="data-free", show_default=True,
+              help="'all', 'data-free', 'data-based' or a comma-separated list of method names.")
+@click.option("--recipe", default=None, help="Run a Hugging Face model recipe (mdamerge.hf.recipes) instead of the zoo.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Where to save bench-SUITE.json and .md (default: CACHE/results).")
+@click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-search", is_flag=True, help="Use the methods' default hyperparameters (no validation search).")
+@click.option("--val-limit", type=int, default=None, help="Validation examples per task used by the search (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, quiet):
+    """Merge the zoo's fine-tuned backbones with each method and print the accuracy table.
+
+    Builds the zoo first if it is missing. Scaling factors (and MDA's options) are chosen
+    on the validation split; the table reports test accuracy.
+    """
+    if recipe:
+        _run_recipe(recipe, methods, out_dir, device)
+        return
+    from .bench import run_bench
+    from .tables import terminal_report
+
+    zoo = zoo_from_cache(cache)
+    out = Path(out_dir) if out_dir else (Path(cache).expanduser() if cache else default_cache_dir()) / "results"
+    log = None if quiet else (lambda msg: click.echo(msg, err=True))
+    result = run_bench(task_selection(suite, tasks) if tasks else suite, methods, zoo=zoo, out_dir=out, device=device,
+                       search=not no_search, val_limit=val_limit, seed=seed, progress=not quiet, log=log)
+    click.echo(terminal_report(result))
+    click.echo(f"saved {out / f'bench-{result.suite}.json'} and {out / f'bench-{result.suite}.md'}")
+
+
+def _run_recipe(recipe: str, methods: str, out_dir: str | None, device: str) -> None:
+    try:
+        from ..hf.recipes import run_recipe
+    except ImportError as exc:
+        raise MergeError(f"--recipe needs mdamerge.hf.recipes, which is not available ({exc})") from None
+    result = run_recipe(recipe, methods=methods, out_dir=out_dir, device=device)
+    if result is not None:
+        click.echo(result if isinstance(result, str) else getattr(result, "table", result))

@@ -1,0 +1,79 @@
+"""Accuracy of a backbone on the zoo's tasks, each through that task's frozen head."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import ConfigError
+from ..zoo.build import Zoo, read_state_dict
+from ..zoo.finetune import head_accuracy
+from ..zoo.model import TinyViT
+from ..zoo.tasks import resolve_tasks
+
+FeatureTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def backbone_from_state_dict(state_dict: dict[str, torch.Tensor], zoo: Zoo, device: str = "cpu") -> TinyViT:
+    """A :class:`TinyViT` shaped like the zoo's backbone, holding ``state_dict``."""
+    model = TinyViT(zoo.settings.model)
+    model.load_backbone_state(state_dict)
+    return model.to(device).eval()
+
+
+def _limit(split: tuple[torch.Tensor, torch.Tensor], limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if limit is None or len(split[1]) <= limit:
+        return split
+    return split[0][:limit], split[1][:limit]
+
+
+def evaluate_model(
+    model: torch.nn.Module, zoo: Zoo, tasks: Iterable[str] | str, split: str = "test", device: str = "cpu",
+    feature_transforms: dict[str, FeatureTransform] | None = None, limit: int | None = None,
+) -> dict[str, float]:
+    """Per-task accuracy in [0, 1] of an already built backbone module."""
+    names = resolve_tasks(tasks if isinstance(tasks, str) else list(tasks))
+    transforms = feature_transforms or {}
+    unknown = sorted(set(transforms) - set(names))
+    if unknown:
+        raise ConfigError(f"feature transform given for task '{unknown[0]}', which is not evaluated")
+    model = model.to(device).eval()
+    out = {}
+    for task in names:
+        data = _limit(zoo.task_data(task).split(split), limit)
+        out[task] = head_accuracy(model, zoo.head(task), data, device=device, feature_transform=transforms.get(task))
+    return out
+
+
+def evaluate_backbone(
+    backbone_state_dict: dict[str, torch.Tensor], zoo: Zoo, tasks: Iterable[str] | str, split: str = "test",
+    device: str = "cpu", feature_transforms: dict[str, FeatureTransform] | None = None, *, limit: int | None = None,
+) -> dict[str, float]:
+    """Accuracy in [0, 1] per task of a backbone state dict, each task through its frozen head.
+
+    ``feature_transforms[task]``, when given, maps the backbone's features before that
+    task's head (data-based MDA's per-task rotations). ``limit`` caps the examples per
+    task (quick validation searches).
+    """
+    model = backbone_from_state_dict(backbone_state_dict, zoo, device)
+    return evaluate_model(model, zoo, tasks, split, device, feature_transforms, limit)
+
+
+def evaluate_folder(
+    model_dir: str | Path, zoo: Zoo, tasks: Iterable[str] | str, split: str = "test", device: str = "cpu",
+) -> dict[str, float]:
+    """Accuracy per task of a backbone saved as a Hugging Face folder (e.g. the output of ``mdamerge merge``)."""
+    return evaluate_backbone(read_state_dict(model_dir), zoo, tasks, split, device)
+
+
+def average(accuracies: dict[str, float]) -> float:
+    values = [v for v in accuracies.values() if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def normalized(accuracies: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    """Per-task accuracy divided by the reference's (the individually fine-tuned models)."""
+    return {t: (a / reference[t] if reference.get(t) else float("nan")) for t, a in accuracies.items()}

@@ -1,0 +1,109 @@
+"""Tables of benchmark results: Markdown (files, docs) and the same text for the terminal."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bench import BenchResult
+
+DISPLAY_NAMES = {
+    "pretrained": "Pretrained", "fine-tuned": "Fine-tuned (individual)", "average": "Simple average",
+    "task_arithmetic": "Task arithmetic", "ties": "TIES", "dare": "DARE", "tsv": "TSV-M", "iso_c": "Iso-C",
+    "iso_cts": "Iso-CTS", "mda": "MDA (data-free)",
+}
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.{digits}f}"
+
+
+def display_name(name: str) -> str:
+    return DISPLAY_NAMES.get(name, name)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) if params else ""
+
+
+def markdown_table(result: "BenchResult", transpose: bool | None = None) -> str:
+    """Rows = methods, columns = tasks + Avg + Norm. (or the transpose, for many tasks)."""
+    transpose = len(result.tasks) > 10 if transpose is None else transpose
+    names = [r.name for r in result.rows]
+    cells = {
+        r.name: [pct(r.accuracies.get(t)) for t in result.tasks]
+        + [pct(r.average), pct(result.normalized_average(r.name))]
+        for r in result.rows
+    }
+    columns = [*result.tasks, "**Avg**", "**Norm.**"]
+    if not transpose:
+        header = ["Method", *columns]
+        lines = [_md_row(header), _md_row(["---"] + ["---:"] * len(columns))]
+        lines += [_md_row([display_name(n), *cells[n]]) for n in names]
+    else:
+        header = ["Task", *[display_name(n) for n in names]]
+        lines = [_md_row(header), _md_row(["---"] + ["---:"] * len(names))]
+        lines += [_md_row([col, *[cells[n][i] for n in names]]) for i, col in enumerate(columns)]
+    return "\n".join(lines) + "\n"
+
+
+def chosen_params_table(result: "BenchResult") -> str:
+    """Hyperparameters each method ended up with, and the validation average that chose them."""
+    lines = [_md_row(["Method", "Chosen on validation", "Val. avg", "Configs tried", "Seconds"]),
+             _md_row(["---", "---", "---:", "---:", "---:"])]
+    for r in result.rows:
+        if r.kind == "reference":
+            continue
+        lines.append(_md_row([display_name(r.name), format_params(r.params) or "(defaults)", pct(r.val_average),
+                              str(len(r.trials)), f"{r.seconds:.0f}"]))
+    return "\n".join(lines) + "\n"
+
+
+def mda_options_table(result: "BenchResult") -> str:
+    from .bench import mda_option_summary
+
+    summary = mda_option_summary(result)
+    if not summary:
+        return ""
+    lines = [_md_row(["etf_side", "etf_over", "polar", "best scaling", "Val. avg"]),
+             _md_row(["---", "---", "---", "---:", "---:"])]
+    lines += [_md_row([str(s["etf_side"]), str(s["etf_over"]), str(s["polar"]), str(s["scaling"]), pct(s["val_average"], 2)])
+              for s in summary]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(result: "BenchResult") -> str:
+    """The whole Markdown file that ``bench`` saves."""
+    parts = [
+        f"# Merging benchmark: {result.suite} ({len(result.tasks)} tasks)\n",
+        "Test accuracy (%) per task; **Avg** = mean over tasks; **Norm.** = mean over tasks of "
+        "merged / individually fine-tuned accuracy (%).\n",
+        markdown_table(result),
+        "\n## Hyperparameters chosen on the validation split\n",
+        chosen_params_table(result),
+    ]
+    mda = mda_options_table(result)
+    if mda:
+        parts += ["\n## MDA options on the validation split (best scaling for each)\n", mda]
+    meta = result.meta
+    parts.append(
+        f"\nZoo: `{meta.get('zoo')}`; device {meta.get('device')}; torch threads {meta.get('torch_threads')}; "
+        f"benchmark time {meta.get('seconds')} s.\n"
+    )
+    return "\n".join(parts)
+
+
+def terminal_report(result: "BenchResult") -> str:
+    """What ``mdamerge bench`` prints: the table and the chosen hyperparameters."""
+    text = f"{result.suite}: test accuracy (%)\n\n" + markdown_table(result) + "\n" + chosen_params_table(result)
+    mda = mda_options_table(result)
+    if mda:
+        text += "\nMDA options (validation):\n\n" + mda
+    return text
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

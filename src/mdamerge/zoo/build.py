@@ -1,0 +1,313 @@
+"""The model zoo cache: one pretrained backbone, one frozen head and one fine-tuned backbone per task.
+
+Layout of a zoo folder (``default_cache_dir()/zoo`` unless told otherwise)::
+
+    zoo.json                  settings, build times, recorded accuracies
+    pretrained/               config.json + model.safetensors (Hugging Face style)
+    heads/<task>.safetensors  frozen linear head (weight, bias)
+    finetuned/<task>/         config.json + model.safetensors
+
+Every artefact is written under a temporary name and renamed into place, so an
+interrupted build leaves no half-written model; a later build picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..io.checkpoint import Checkpoint
+from ..io.writer import AtomicOutputDir
+from .finetune import TrainSettings, extract_features, finetune_backbone, fit_linear_head, head_accuracy, pretrain_backbone
+from .model import TinyViT, ViTConfig
+from .tasks import TaskData, load_task, pretraining_data, resolve_tasks
+
+ZOO_FORMAT = 1
+ZOO_FILE = "zoo.json"
+
+
+def default_cache_dir() -> Path:
+    """``$MDAMERGE_CACHE`` if set, else ``~/.cache/mdamerge``."""
+    env = os.environ.get("MDAMERGE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mdamerge"
+
+
+def default_zoo_dir() -> Path:
+    return default_cache_dir() / "zoo"
+
+
+@dataclass
+class ZooSettings:
+    """Everything that determines the zoo's models; stored in ``zoo.json`` and checked on reuse."""
+
+    model: ViTConfig = field(default_factory=ViTConfig)
+    pretrain: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=600, batch_size=128, lr=1e-3, weight_decay=0.05, warmup=0.05)
+    )
+    pretrain_images: int = 40000
+    finetune: TrainSettings = field(default_factory=lambda: TrainSettings(steps=300, batch_size=64, lr=1e-4))
+    probe_steps: int = 300
+    max_train: int | None = None  # cap on each task's training split (small CI zoos)
+    data_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ZooSettings":
+        return cls(
+            model=ViTConfig(**data["model"]), pretrain=TrainSettings(**data["pretrain"]),
+            pretrain_images=data["pretrain_images"], finetune=TrainSettings(**data["finetune"]),
+            probe_steps=data["probe_steps"], max_train=data["max_train"], data_seed=data["data_seed"],
+        )
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} vs {vb!r}")
+    return out
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class Zoo:
+    """A (possibly partly built) model zoo in ``root``.
+
+    ``settings`` default to the ones stored in ``root`` (or :class:`ZooSettings` for a new
+    zoo); passing settings that differ from the stored ones is an error, since mixing
+    models trained under different recipes would make the benchmark meaningless.
+    """
+
+    def __init__(self, root: str | Path | None = None, settings: ZooSettings | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_zoo_dir()
+        self._state = self._read_state()
+        stored = ZooSettings.from_dict(self._state["settings"]) if self._state else None
+        if settings is not None and stored is not None and settings.to_dict() != stored.to_dict():
+            diff = _diff(stored.to_dict(), settings.to_dict())
+            raise ConfigError(
+                f"zoo at {self.root} was built with other settings ({'; '.join(diff[:3])}); "
+                "use another cache folder or delete it"
+            )
+        self.settings = settings or stored or ZooSettings()
+        self._heads: dict[str, nn.Linear] = {}
+
+    # -- paths ---------------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        """Hugging Face folder of the pretrained backbone."""
+        return self.root / "pretrained"
+
+    def finetuned_dir(self, task: str) -> Path:
+        """Hugging Face folder of the backbone fully fine-tuned on ``task``."""
+        return self.root / "finetuned" / task
+
+    def head_file(self, task: str) -> Path:
+        return self.root / "heads" / f"{task}.safetensors"
+
+    # -- state -----------------------------------------------------------------------
+    def _read_state(self) -> dict:
+        path = self.root / ZOO_FILE
+        if not path.exists():
+            return {}
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"corrupt zoo index {path}: {exc}") from None
+        if state.get("format") != ZOO_FORMAT:
+            raise CheckpointError(f"zoo index {path} has format {state.get('format')!r}, expected {ZOO_FORMAT}")
+        return state
+
+    def _save_state(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._state.setdefault("tasks", {})
+        self._state.update(format=ZOO_FORMAT, settings=self.settings.to_dict())
+        _write_json_atomic(self.root / ZOO_FILE, self._state)
+
+    @property
+    def records(self) -> dict[str, dict]:
+        """Per task: recorded accuracies (``finetuned`` / ``pretrained`` x ``val`` / ``test``), losses, seconds."""
+        return self._state.get("tasks", {})
+
+    @property
+    def pretrain_record(self) -> dict:
+        return self._state.get("pretrain", {})
+
+    def has_base(self) -> bool:
+        return (self.base_dir / "model.safetensors").exists()
+
+    def is_built(self, task: str) -> bool:
+        return (
+            task in self.records and self.head_file(task).exists()
+            and (self.finetuned_dir(task) / "model.safetensors").exists()
+        )
+
+    def missing(self, tasks_or_suite: str | Iterable[str]) -> list[str]:
+        return [t for t in resolve_tasks(_as_names(tasks_or_suite)) if not self.is_built(t)]
+
+    def individual_accuracy(self, task: str, split: str = "test") -> float:
+        """Recorded accuracy of the task's own fine-tuned backbone with its head."""
+        return self._record(task)["finetuned"][split]
+
+    def pretrained_accuracy(self, task: str, split: str = "test") -> float:
+        """Recorded accuracy of the pretrained backbone with the task's head (linear probe)."""
+        return self._record(task)["pretrained"][split]
+
+    def _record(self, task: str) -> dict:
+        if task not in self.records:
+            raise ConfigError(f"task '{task}' is not built in the zoo at {self.root}; run: mdamerge zoo build")
+        return self.records[task]
+
+    # -- models ----------------------------------------------------------------------
+    def task_data(self, task: str) -> TaskData:
+        """The task's data with the zoo's seed; the training split capped at ``settings.max_train``."""
+        data = load_task(task, self.settings.data_seed)
+        cap = self.settings.max_train
+        if cap is not None and len(data.train[1]) > cap:
+            x, y = data.train
+            data = TaskData(data.name, data.num_classes, data.class_names, (x[:cap], y[:cap]), data.val, data.test,
+                            data.description)
+        return data
+
+    def head(self, task: str) -> nn.Linear:
+        """The task's frozen linear head (shared by pretrained, fine-tuned and merged backbones)."""
+        if task not in self._heads:
+            path = self.head_file(task)
+            if not path.exists():
+                raise CheckpointError(f"no head for task '{task}' at {path}; run: mdamerge zoo build")
+            tensors = load_file(str(path))
+            weight, bias = tensors["weight"], tensors["bias"]
+            head = nn.Linear(weight.shape[1], weight.shape[0])
+            with torch.no_grad():
+                head.weight.copy_(weight)
+                head.bias.copy_(bias)
+            self._heads[task] = head.requires_grad_(False).eval()
+        return self._heads[task]
+
+    def load_backbone(self, folder: str | Path | None = None) -> TinyViT:
+        """A backbone from a Hugging Face folder (default: the pretrained one)."""
+        return TinyViT.from_pretrained(folder or self.base_dir)
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """Pretrained weights, read through :class:`~mdamerge.io.checkpoint.Checkpoint`."""
+        return read_state_dict(self.base_dir)
+
+    def finetuned_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        return read_state_dict(self.finetuned_dir(task))
+
+    # -- building --------------------------------------------------------------------
+    def build(
+        self, tasks_or_suite: str | Iterable[str] = "tasks8", progress: bool = True, device: str = "cpu",
+    ) -> dict[str, float]:
+        """Build whatever is missing for these tasks; returns seconds spent per stage."""
+        tasks = resolve_tasks(_as_names(tasks_or_suite))
+        todo = [t for t in tasks if not self.is_built(t)]
+        need_base = not self.has_base()
+        total = (self.settings.pretrain.steps if need_base else 0) + self.settings.finetune.steps * len(todo)
+        timings: dict[str, float] = {}
+        if not self._state:
+            self._save_state()
+        bar = _progress_bar(total, progress)
+        try:
+            if need_base:
+                bar.set_description("pretraining backbone")
+                timings["pretrained"] = self._build_base(bar, device)
+            if todo:
+                base = self.load_backbone()
+                for task in todo:
+                    bar.set_description(f"fine-tuning {task}")
+                    timings[task] = self._build_task(task, base, bar, device)
+        finally:
+            bar.close()
+        return timings
+
+    def _build_base(self, bar, device: str) -> float:
+        start = time.perf_counter()
+        s = self.settings
+        data = pretraining_data(s.pretrain_images, s.data_seed)
+        model, loss = pretrain_backbone(s.model, data, s.pretrain, device, lambda step, l: _tick(bar, l))
+        with AtomicOutputDir(self.base_dir, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+        seconds = time.perf_counter() - start
+        self._state["pretrain"] = {
+            "seconds": round(seconds, 1), "final_loss": round(loss, 4), "num_classes": data[2],
+            "num_parameters": model.num_parameters(), "threads": torch.get_num_threads(),
+        }
+        self._save_state()
+        return seconds
+
+    def _build_task(self, task: str, base: TinyViT, bar, device: str) -> float:
+        start = time.perf_counter()
+        s = self.settings
+        data = self.task_data(task)
+        feats = extract_features(base, data.train[0], device=device)
+        head = fit_linear_head(feats, data.train[1], data.num_classes, steps=s.probe_steps, seed=s.data_seed)
+        self.head_file(task).parent.mkdir(parents=True, exist_ok=True)
+        tmp_head = self.head_file(task).with_name(f".{task}.tmp-{os.getpid()}.safetensors")
+        save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()}, str(tmp_head))
+        os.replace(tmp_head, self.head_file(task))
+        self._heads[task] = head
+        model, loss = finetune_backbone(base, head, data.train, s.finetune, device, lambda step, l: _tick(bar, l))
+        with AtomicOutputDir(self.finetuned_dir(task), overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+        record = {
+            "finetuned": {split: head_accuracy(model, head, data.split(split), device=device) for split in ("val", "test")},
+            "pretrained": {split: head_accuracy(base, head, data.split(split), device=device) for split in ("val", "test")},
+            "final_loss": round(loss, 4),
+            "train_size": len(data.train[1]),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        self._state.setdefault("tasks", {})[task] = record
+        self._save_state()
+        return record["seconds"]
+
+
+def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder, through the project's safe :class:`Checkpoint` reader."""
+    with Checkpoint(folder) as ckpt:
+        return dict(ckpt.items())
+
+
+def _as_names(tasks_or_suite: str | Iterable[str]) -> str | list[str]:
+    return tasks_or_suite if isinstance(tasks_or_suite, str) else list(tasks_or_suite)
+
+
+class _NullBar:
+    def update(self, n=1): ...
+    def set_description(self, desc): ...
+    def set_postfix_str(self, s): ...
+    def close(self): ...
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True)
+
+
+def _tick(bar, loss: float) -> None:
+    bar.update(1)
+    bar.set_postfix_str(f"loss {loss:.3f}", refresh=False) if hasattr(bar, "n") else None

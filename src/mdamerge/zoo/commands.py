@@ -1,0 +1,70 @@
+"""``mdamerge zoo``: build and inspect the offline model zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..evaluation.tables import pct
+from .build import Zoo, default_cache_dir
+from .tasks import SUITES, TASKS, resolve_tasks
+
+CACHE_HELP = "Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo."
+
+
+def zoo_from_cache(cache: str | None) -> Zoo:
+    root = (Path(cache).expanduser() if cache else default_cache_dir()) / "zoo"
+    return Zoo(root)
+
+
+def task_selection(suite: str, tasks: str | None) -> list[str]:
+    return resolve_tasks(tasks if tasks else suite)
+
+
+@click.group("zoo")
+def zoo_group() -> None:
+    """The offline benchmark's model zoo (pretrained backbone, fine-tuned backbones, task heads)."""
+
+
+@zoo_group.command("build")
+@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(SUITES)}.")
+@click.option("--tasks", default=None, help="Comma-separated task names (instead of --suite).")
+@click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--device", default="cpu", show_default=True, help="Training device, e.g. cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build_cmd(suite, tasks, cache, device, quiet):
+    """Build what is missing (reusing what is already built) and show each task's accuracies."""
+    import time
+
+    zoo = zoo_from_cache(cache)
+    names = task_selection(suite, tasks)
+    missing = zoo.missing(names)
+    click.echo(f"zoo: {zoo.root} ({len(names) - len(missing)}/{len(names)} tasks already built)")
+    start = time.perf_counter()
+    timings = zoo.build(names, progress=not quiet, device=device)
+    _print_status(zoo, names)
+    if timings:
+        click.echo(f"built in {time.perf_counter() - start:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")")
+
+
+@zoo_group.command("list")
+@click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
+def list_cmd(cache):
+    """Show the tasks, which are built, and their recorded accuracies."""
+    zoo = zoo_from_cache(cache)
+    click.echo(f"zoo: {zoo.root}")
+    _print_status(zoo, list(TASKS))
+    click.echo("suites: " + "; ".join(f"{k} = {len(v)} tasks" for k, v in SUITES.items()))
+
+
+def _print_status(zoo: Zoo, names: list[str]) -> None:
+    click.echo(f"{'task':22s} {'classes':>7s} {'pretrained':>10s} {'fine-tuned':>10s} {'seconds':>8s}")
+    for t in names:
+        spec = TASKS[t]
+        if zoo.is_built(t):
+            r = zoo.records[t]
+            click.echo(f"{t:22s} {len(spec.class_names):7d} {pct(r['pretrained']['test']):>10s} "
+                       f"{pct(r['finetuned']['test']):>10s} {r['seconds']:8.0f}")
+        else:
+            click.echo(f"{t:22s} {len(spec.class_names):7d} {'(not built)':>21s}")
