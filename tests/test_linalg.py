@@ -45,3 +45,38 @@ def test_polar_factor_is_closest_orthonormal():
     for seed in range(20):
         r = torch.linalg.qr(torch.randn(12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))[0]
         assert torch.trace(r.T @ a) <= best + 1e-12
+
+
+@pytest.mark.parametrize("shape", [(300, 80), (80, 300), (40, 40)])
+def test_gram_top_k_matches_dense_svd(shape):
+    from mdamerge.methods.linalg import gram_top_k_svd
+
+    a = decaying_matrix(*shape, decay=0.95, seed=1)
+    k = min(shape) // 3
+    u, s, vh = gram_top_k_svd(a, k)
+    eu, es, evh = top_k_svd(a, k, "full")
+    torch.testing.assert_close(s, es, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close((u * s) @ vh, (eu * es) @ evh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(u.T @ u, torch.eye(k), atol=1e-5, rtol=0)
+
+
+def test_gram_route_falls_back_on_rank_deficient_input():
+    from mdamerge.methods.linalg import gram_top_k_svd
+
+    gen = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(50, 3, generator=gen) @ torch.randn(3, 40, generator=gen)
+    assert gram_top_k_svd(low_rank, 10) is None  # k exceeds the rank: the Gram route refuses
+    u, s, vh = top_k_svd(low_rank, 10, "gram")  # ... and top_k_svd falls back to the dense SVD
+    torch.testing.assert_close((u * s) @ vh, low_rank, atol=1e-4, rtol=1e-4)
+
+
+def test_polar_factor_gram_route_and_fallback_agree_with_svd():
+    gen = torch.Generator().manual_seed(2)
+    for a in (torch.randn(60, 20, generator=gen), torch.randn(20, 60, generator=gen),
+              torch.randn(60, 2, generator=gen) @ torch.randn(2, 20, generator=gen)):  # last: rank 2 -> SVD route
+        p, _, qh = torch.linalg.svd(a.double(), full_matrices=False)
+        if torch.linalg.matrix_rank(a) == min(a.shape):
+            torch.testing.assert_close(polar_factor(a).double(), p @ qh, atol=1e-5, rtol=0)
+        else:
+            q = polar_factor(a)
+            assert q.shape == a.shape and torch.isfinite(q).all()

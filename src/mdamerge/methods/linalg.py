@@ -12,18 +12,29 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return torch.linalg.svd(a, full_matrices=False)
 
 
+# Below this ratio of smallest to largest kept eigenvalue the Gram route would lose
+# precision (it squares the condition number), so the dense SVD is used instead.
+GRAM_RCOND = 1e-10
+
+
 def top_k_svd(
     a: torch.Tensor, k: int, solver: str = "auto", niter: int = 6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The top ``k`` singular triplets of ``a`` as ``(U[:, :k], S[:k], Vh[:k])``.
+    """The top ``k`` singular triplets of ``a`` as ``(U[:, :k], S[:k], Vh[:k])``, in ``a``'s dtype.
 
-    ``solver="randomized"`` uses :func:`randomized_svd` (Halko et al.) with a
-    sketch of ``q = 2k`` columns and ``niter`` power iterations; ``"auto"`` uses it
-    for matrices with ``min(m, n) >= 256`` when ``3q <= min(m, n)`` (e.g. T >= 8 with
-    the default k), where it is an order of magnitude faster than a full SVD and, on
-    spectra that decay like task vectors' do, its singular values agree to ~1e-5
-    relative (tests/test_linalg.py). On flat (noise-like) spectra the top-k subspace
-    itself is ill-determined; pass ``svd_solver="full"`` to reproduce a dense SVD.
+    Solvers:
+
+    * ``"full"``: dense thin SVD, truncated.
+    * ``"gram"``: eigendecomposition of the float64 Gram matrix ``a^T a`` (or ``a a^T``),
+      ``U = a V / S``. Several times faster than a dense SVD on CPUs; the float64 Gram
+      keeps the top-k triplets accurate to ~1e-10 relative as long as
+      ``S_k^2 / S_1^2 > 1e-10``, otherwise it falls back to the dense SVD.
+    * ``"randomized"``: :func:`randomized_svd` (Halko et al.) with a sketch of
+      ``q = 2k + 2`` columns and ``niter`` power iterations.
+    * ``"auto"`` (default): randomized for matrices with ``min(m, n) >= 256`` when
+      ``3q <= min(m, n)`` (e.g. T >= 8 with the default k) -- an order of magnitude
+      faster, and on spectra that decay like task vectors' do its singular values
+      agree to ~1e-5 relative (tests/test_linalg.py) -- else gram.
     """
     m, n = a.shape
     r = min(m, n)
@@ -33,8 +44,28 @@ def top_k_svd(
     if use_randomized and q < r:
         u, s, vh = randomized_svd(a, q, niter)
         return u[:, :k], s[:k], vh[:k]
+    if solver in ("auto", "gram", "randomized") and k > 0:
+        triplets = gram_top_k_svd(a, k)
+        if triplets is not None:
+            return triplets
     u, s, vh = thin_svd(a)
     return u[:, :k], s[:k], vh[:k]
+
+
+def gram_top_k_svd(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Top-k SVD through ``eigh`` of the smaller float64 Gram matrix; ``None`` if ill-conditioned."""
+    wide = a.shape[0] < a.shape[1]
+    b = (a.mT if wide else a).double()  # tall: m >= n
+    evals, evecs = torch.linalg.eigh(b.mT @ b)  # ascending
+    top_vals = evals.flip(0)[:k]
+    if top_vals[-1] <= GRAM_RCOND * top_vals[0] or top_vals[0] <= 0:
+        return None
+    v = evecs.flip(1)[:, :k]
+    s = top_vals.sqrt()
+    u = (b @ v) / s
+    if wide:
+        u, v = v, u
+    return u.to(a.dtype), s.to(a.dtype), v.mT.to(a.dtype)
 
 
 def randomized_svd(
@@ -57,7 +88,17 @@ def randomized_svd(
 
 
 def polar_factor(a: torch.Tensor) -> torch.Tensor:
-    """Orthogonal polar factor ``P Q^T`` of ``a = P S Q^T``: the closest matrix with orthonormal columns (or rows)."""
+    """Orthogonal polar factor ``P Q^T`` of ``a = P S Q^T``: the closest matrix with orthonormal columns (or rows).
+
+    Computed as ``a (a^T a)^{-1/2}`` from a float64 ``eigh`` of the small Gram matrix when
+    ``a`` is well conditioned (several times faster than an SVD on CPUs), else by the SVD.
+    """
+    wide = a.shape[0] < a.shape[1]
+    b = (a.mT if wide else a).double()
+    evals, evecs = torch.linalg.eigh(b.mT @ b)
+    if evals[0] > GRAM_RCOND * evals[-1] and evals[-1] > 0:
+        polar = (b @ evecs) @ (evecs * evals.rsqrt()).mT
+        return (polar.mT if wide else polar).to(a.dtype)
     p, _, qh = thin_svd(a)
     return p @ qh
 
