@@ -13,8 +13,8 @@ from .base import Param, TensorJob
 
 SVD_SOLVER = Param(
     "svd_solver", "auto", str,
-    "top-k SVD: 'full', 'randomized' (torch.svd_lowrank) or 'auto' (randomized when k is small)",
-    choices=("auto", "full", "randomized"),
+    "top-k SVD: 'full' (dense), 'gram' (float64 Gram eigh), 'randomized' (seeded sketch) or 'auto' (randomized when k is small, else gram)",
+    choices=("auto", "full", "gram", "randomized"),
 )
 SVD_DTYPE = Param(
     "svd_dtype", "float32", str, "precision of the decompositions", choices=("float32", "float64")
