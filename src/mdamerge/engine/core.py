@@ -63,8 +63,11 @@ def check_compatible(base: TensorSource, models: Sequence[TensorSource], vocab_m
     base_keys = set(base.keys())
     for model in models:
         keys = set(model.keys())
-        if keys != base_keys:
-            missing, extra = base_keys - keys, keys - base_keys
+        # Integer buffers (position_ids, ...) are copied from the base and never read from the
+        # fine-tuned models; checkpoints saved by another library version may lack or add them.
+        missing = {n for n in base_keys - keys if base.info(n).dtype.is_floating_point}
+        extra = {n for n in keys - base_keys if model.info(n).dtype.is_floating_point}
+        if missing or extra:
             parts = []
             if missing:
                 parts.append(f"missing {len(missing)} tensor(s) of the base: {preview(missing)}")
@@ -72,6 +75,8 @@ def check_compatible(base: TensorSource, models: Sequence[TensorSource], vocab_m
                 parts.append(f"has {len(extra)} tensor(s) not in the base: {preview(extra)}")
             raise CheckpointError(f"{model.label}: " + "; ".join(parts))
         for name in base.keys():
+            if name not in keys:
+                continue
             b, m = base.info(name), model.info(name)
             if b.dtype.is_floating_point != m.dtype.is_floating_point:
                 raise CheckpointError(f"dtype mismatch for '{name}': base {b.dtype} vs {m.dtype} in {model.label}")
