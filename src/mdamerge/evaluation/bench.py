@@ -284,6 +284,8 @@ def run_bench(
     say = log or (lambda _msg: None)
     suite_name = suite if isinstance(suite, str) and suite in SUITES else "custom"
     tasks = resolve_tasks(suite if isinstance(suite, str) else list(suite))
+    if len(tasks) < 2:
+        raise ConfigError(f"merging needs at least 2 tasks, got {tasks}")
     names = resolve_methods(methods)
     zoo = zoo if zoo is not None else Zoo()
     missing = zoo.missing(tasks)

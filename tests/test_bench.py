@@ -1,0 +1,244 @@
+"""End to end on a miniature zoo (tiny3 suite, small budgets): build, reuse, benchmark, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mdamerge
+from mdamerge.cli import main
+from mdamerge.evaluation import bench as bench_mod
+from mdamerge.evaluation.bench import BenchResult, ScaledMerge, resolve_methods, run_bench
+from mdamerge.evaluation.evaluate import average, evaluate_backbone
+from mdamerge.errors import ConfigError
+from mdamerge.zoo.build import Zoo, ZooSettings
+from mdamerge.zoo.finetune import TrainSettings
+from mdamerge.zoo.model import ViTConfig
+
+SUITE = "tiny3"
+TINY = ZooSettings(
+    model=ViTConfig(dim=32, depth=1, heads=2, mlp_dim=64, projection_dim=32),
+    pretrain=TrainSettings(steps=60, batch_size=64, lr=2e-3), pretrain_images=2000,
+    finetune=TrainSettings(steps=60, batch_size=32, lr=2e-3), probe_steps=100, max_train=500,
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is as fast and leaves the other core free
+    root = tmp_path_factory.mktemp("cache")
+    Zoo(root / "zoo", settings=TINY).build(SUITE, progress=False)
+    yield root
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def zoo(cache):
+    return Zoo(cache / "zoo")
+
+
+@pytest.fixture(scope="module")
+def result(zoo, tmp_path_factory):
+    return run_bench(SUITE, "data-free", zoo=zoo, out_dir=tmp_path_factory.mktemp("out"), progress=False)
+
+
+def toy_states(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    base = {"w": torch.randn(12, 8, generator=gen), "b": torch.randn(12, generator=gen)}
+    fts = [{k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in base.items()} for _ in range(3)]
+    return base, fts
+
+
+def test_scaled_merges_equal_real_merges_for_every_method():
+    base, fts = toy_states()
+    for method in bench_mod.data_free_methods():
+        scaled = ScaledMerge(base, fts, method, {}, "cpu", 0)
+        if not scaled.has_scaling:
+            continue
+        for s in (0.7, 1.3):
+            got = scaled(s)
+            want = mdamerge.merge_state_dicts(base, fts, method, scaling=s)
+            for k in want:
+                assert torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-6), (method, k)
+        assert scaled.linear, method
+
+
+def test_scaled_merge_falls_back_when_a_method_is_not_linear(monkeypatch):
+    base, fts = toy_states()
+
+    def quadratic(base_sd, _fts, _method, scaling=1.0, **_kw):
+        return {k: v + scaling**2 for k, v in base_sd.items()}
+
+    monkeypatch.setattr(bench_mod, "merge_state_dicts", quadratic)
+    scaled = ScaledMerge(base, fts, "task_arithmetic", {}, "cpu", 0)
+    assert torch.allclose(scaled(0.5)["w"], base["w"] + 0.25)
+    assert not scaled.linear
+    assert torch.allclose(scaled(2.0)["w"], base["w"] + 4.0)
+
+
+def test_method_selection():
+    free = resolve_methods("data-free")
+    assert free[:8] == ["average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda"]
+    assert resolve_methods("tsv,mda") == ["tsv", "mda"]
+    everything = resolve_methods("all")
+    assert everything[:len(free)] == free
+    adaptive = bench_mod.adaptive_methods()
+    assert set(everything[len(free):]) <= set(adaptive)
+    with pytest.raises(ConfigError, match="unknown method 'tsvm'.*did you mean 'tsv'"):
+        resolve_methods("tsvm")
+
+
+@pytest.mark.slow
+def test_zoo_records_beat_the_pretrained_backbone_and_are_reused(zoo):
+    assert zoo.missing(SUITE) == []
+    for task in ["mnist", "fashion", "letters"]:
+        assert zoo.is_built(task)
+        rec = zoo.records[task]
+        assert rec["finetuned"]["test"] > rec["pretrained"]["test"], task
+        assert rec["train_size"] == 500
+    assert zoo.build(SUITE, progress=False) == {}  # everything reused
+    assert zoo.pretrain_record["num_parameters"] == sum(t.numel() for t in zoo.base_state_dict().values())
+    with pytest.raises(ConfigError, match=r"other settings \(finetune.steps: 60 vs 61\)"):
+        Zoo(zoo.root, settings=ZooSettings(**{**TINY.__dict__, "finetune": TrainSettings(61, 32, 2e-3)}))
+    assert zoo.head("mnist").weight.shape == (10, 32) and not zoo.head("mnist").weight.requires_grad
+
+
+@pytest.mark.slow
+def test_bench_table_uses_validation_for_choices_and_test_once(zoo, monkeypatch, tmp_path):
+    calls = []
+    real = bench_mod.evaluate_backbone
+
+    def spy(state, z, tasks, split="test", *args, **kw):
+        calls.append(split)
+        return real(state, z, tasks, split, *args, **kw)
+
+    monkeypatch.setattr(bench_mod, "evaluate_backbone", spy)
+    res = run_bench(SUITE, "task_arithmetic,mda,average", zoo=zoo, progress=False, val_limit=200)
+    rows = [r.name for r in res.rows]
+    assert rows == ["pretrained", "fine-tuned", "task_arithmetic", "mda", "average"]
+    n_val = sum(len(r.trials) for r in res.rows)
+    assert calls.count("test") == 3 and calls.count("val") == n_val
+    mda = res.row("mda")
+    assert len({(t.params["etf_side"], t.params["etf_over"], t.params["polar"]) for t in mda.trials}) == 12
+    assert set(mda.params) == {"etf_side", "etf_over", "polar", "scaling"}
+    assert mda.val_average == max(t.val_average for t in mda.trials)
+
+    # Independent recomputation of the task-arithmetic row: theta_0 + s * sum_t tau_t, written out here.
+    ta = res.row("task_arithmetic")
+    s = ta.params["scaling"]
+    assert ta.val_average == max(t.val_average for t in ta.trials)
+    base = zoo.base_state_dict()
+    fts = [zoo.finetuned_state_dict(t) for t in res.tasks]
+    by_hand = {k: base[k] + s * sum(ft[k] - base[k] for ft in fts) for k in base}
+    val = evaluate_backbone(by_hand, zoo, res.tasks, "val", limit=200)
+    assert average(val) == pytest.approx(ta.val_average, abs=1e-9)
+    test = evaluate_backbone(by_hand, zoo, res.tasks, "test")
+    assert test == pytest.approx(ta.accuracies, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_bench_rows_normalisation_and_saved_files(zoo, result):
+    assert [r.name for r in result.rows] == ["pretrained", "fine-tuned", *bench_mod.data_free_methods()]
+    for task in result.tasks:
+        assert result.finetuned.accuracies[task] == pytest.approx(zoo.individual_accuracy(task))
+        assert result.row("pretrained").accuracies[task] == pytest.approx(zoo.pretrained_accuracy(task))
+    tsv = result.row("tsv")
+    expected = sum(tsv.accuracies[t] / result.finetuned.accuracies[t] for t in result.tasks) / 3
+    assert result.normalized_average("tsv") == pytest.approx(expected)
+    assert result.normalized_average("fine-tuned") == pytest.approx(1.0)
+    assert "scaling" in tsv.params and "scaling" not in result.row("average").params
+    assert result.meta["zoo"] == str(zoo.root) and set(result.meta["zoo_build_seconds"]) == {"pretrained", *result.tasks}
+
+
+@pytest.mark.slow
+def test_saved_json_round_trips(result, tmp_path):
+    paths = result.save(tmp_path)
+    loaded = BenchResult.from_dict(json.loads(paths["json"].read_text()))
+    assert loaded.tasks == result.tasks and [r.name for r in loaded.rows] == [r.name for r in result.rows]
+    assert loaded.row("mda").accuracies == result.row("mda").accuracies
+    text = paths["markdown"].read_text()
+    assert "| Method | mnist | fashion | letters | **Avg** | **Norm.** |" in text
+    assert "MDA options on the validation split" in text and "TSV-M" in text
+
+
+@pytest.mark.slow
+def test_bench_rebuilds_a_missing_task(cache, tmp_path):
+    zoo = Zoo(cache / "zoo")
+    before = zoo.finetuned_state_dict("letters")
+    shutil.rmtree(zoo.finetuned_dir("letters"))
+    with pytest.raises(ConfigError, match="at least 2 tasks"):
+        run_bench(["letters"], "average", zoo=zoo, progress=False)
+    res = run_bench(["mnist", "letters"], "average", zoo=zoo, progress=False)
+    assert zoo.is_built("letters") and res.suite == "custom"
+    after = zoo.finetuned_state_dict("letters")
+    for k in before:  # seeded: the rebuilt model is the same
+        assert torch.allclose(before[k], after[k], atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_data_based_methods_join_the_table(zoo):
+    adaptive = bench_mod.adaptive_methods()
+    if "adamerging_task" not in adaptive:
+        pytest.skip("mdamerge.adaptation not available")
+    res = run_bench(SUITE, "adamerging_task", zoo=zoo, progress=False,
+                    method_options={"adamerging_task": {"steps": 2, "max_unlabeled": 32, "progress": False}})
+    row = res.row("adamerging_task")
+    assert row.kind == "data-based" and set(row.accuracies) == set(res.tasks)
+    assert row.info.get("method") == "adamerging_task"
+
+
+@pytest.mark.slow
+def test_cli_zoo_bench_and_eval(cache, tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(main, ["zoo", "build", "--suite", SUITE, "--cache", str(cache), "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "3/3 tasks already built" in out.output and "letters" in out.output
+
+    res = runner.invoke(main, ["bench", "--suite", SUITE, "--methods", "task_arithmetic,tsv", "--cache", str(cache),
+                               "--out", str(tmp_path / "res"), "--val-limit", "100", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "| Task arithmetic |" in res.output and "| TSV-M |" in res.output and "scaling=" in res.output
+    saved = json.loads((tmp_path / "res" / "bench-tiny3.json").read_text())
+    chosen = next(r for r in saved["rows"] if r["name"] == "task_arithmetic")["params"]["scaling"]
+
+    # Merge the zoo's folders with the engine (files in, folder out) and evaluate the folder.
+    zoo = Zoo(cache / "zoo")
+    merged_dir = tmp_path / "merged"
+    mdamerge.merge({"method": "task_arithmetic", "base_model": str(zoo.base_dir),
+                    "models": [str(zoo.finetuned_dir(t)) for t in zoo.records],
+                    "parameters": {"scaling": chosen}}, merged_dir, progress=False)
+    ev = runner.invoke(main, ["eval", str(merged_dir), "--suite", SUITE, "--cache", str(cache), "--out", str(tmp_path / "ev")])
+    assert ev.exit_code == 0, ev.output
+    got = json.loads((tmp_path / "ev" / "eval.json").read_text())["accuracies"]
+    want = next(r for r in saved["rows"] if r["name"] == "task_arithmetic")["accuracies"]
+    assert got == pytest.approx(want, abs=1e-9)
+    assert "| **Average** |" in ev.output
+
+
+def test_cli_errors_are_one_line(tmp_path, monkeypatch):
+    runner = CliRunner()
+    res = runner.invoke(main, ["bench", "--methods", "tsvm", "--cache", str(tmp_path)])
+    assert res.exit_code == 2 and "error: unknown method 'tsvm'" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["eval", str(tmp_path), "--suite", "tiny3", "--cache", str(tmp_path)])
+    assert res.exit_code == 2 and "error: task 'mnist' is not built" in res.output
+    res = runner.invoke(main, ["bench", "--suite", "tasks9", "--cache", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown suite or task 'tasks9'" in res.output
+
+    monkeypatch.setitem(sys.modules, "mdamerge.hf.recipes", None)  # makes the import fail
+    res = runner.invoke(main, ["bench", "--recipe", "clip", "--methods", "tsv"])
+    assert res.exit_code == 2 and "error: --recipe needs mdamerge.hf.recipes" in res.output
+
+    seen = {}
+    fake = types.ModuleType("mdamerge.hf.recipes")
+    fake.run_recipe = lambda name, **kw: seen.update(name=name, **kw) or "recipe table"
+    monkeypatch.setitem(sys.modules, "mdamerge.hf.recipes", fake)
+    res = runner.invoke(main, ["bench", "--recipe", "clip", "--methods", "tsv,mda", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0 and "recipe table" in res.output
+    assert seen == {"name": "clip", "methods": "tsv,mda", "out_dir": str(tmp_path / "r"), "device": "cpu"}
