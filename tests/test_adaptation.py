@@ -374,3 +374,53 @@ def test_bad_inputs_give_clear_errors(problem):
         mda_feature_alignment(problem, init="ties", steps=1, progress=False)
     with pytest.raises(MergeError, match="steps"):
         adamerging(problem, steps=-1, progress=False)
+
+
+# -- variants -----------------------------------------------------------------------
+def test_fixed_rotation_about_a_center_keeps_the_center_fixed():
+    r, c = random_rotation(5, 8).float(), torch.randn(5)
+    f = torch.randn(3, 5)
+    transform = FixedRotation(r, c)
+    assert torch.allclose(transform(c[None]), c[None], atol=1e-6)
+    assert torch.allclose(transform(f), (f - c) @ r.T + c, atol=1e-6)
+
+
+def test_procrustes_momentum_uses_the_running_cross_covariance(problem):
+    aligner = make_aligner(problem, procrustes_momentum=0.5)
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(16, FEAT, generator=g), torch.randn(16, FEAT, generator=g)) for _ in range(2)]
+    for merged, finetuned in batches:
+        target = aligner.procrustes_target("task.0", merged, finetuned)
+    cross = sum(0.5 * (y.double().T @ x.double() / 16) for x, y in batches)
+    assert np.allclose(target.double().numpy(), kabsch_reference(np.eye(FEAT), cross.numpy().T), atol=1e-6)
+    single = make_aligner(problem)  # momentum 0: the batch alone
+    x, y = batches[1]
+    assert torch.allclose(single.procrustes_target("task.0", x, y), special_procrustes(x, y), atol=1e-6)
+
+
+def test_unnormalised_gap_and_rotation_about_the_mean(problem):
+    task, x = problem.tasks[0], problem.unlabeled[problem.tasks[0]][:16]
+    per_dim = make_aligner(problem).task_loss(task, torch.arange(16), x, make_aligner(problem).space.anchor)
+    raw = make_aligner(problem, gap_per_dim=False).task_loss(task, torch.arange(16), x, make_aligner(problem).space.anchor)
+    assert raw["procrustes"].item() == pytest.approx(FEAT * per_dim["procrustes"].item(), rel=1e-5)
+    result = mda_feature_alignment(problem, init="ta", steps=3, rotate_about_mean=True, progress=False)
+    for transform in result.feature_transforms.values():
+        assert transform.center is not None and transform.center.shape == (FEAT,)
+
+
+def test_result_folder_round_trip(problem, tmp_path):
+    from mdamerge.adaptation.output import load_feature_transforms, save_adaptive_result
+    from mdamerge.io.checkpoint import Checkpoint
+
+    result = mda_feature_alignment(problem, init="ta", steps=2, rotate_about_mean=True, progress=False)
+    result.feature_transforms["task.1"] = FixedRotation(result.feature_transforms["task.1"].matrix)  # one without center
+    out = save_adaptive_result(result, tmp_path / "out")
+    with Checkpoint(out) as ckpt:  # the rotations are not mistaken for model weights
+        assert sorted(ckpt.keys()) == sorted(result.state_dict)
+    loaded = load_feature_transforms(out)
+    f = torch.randn(4, FEAT)
+    for task, transform in result.feature_transforms.items():
+        assert torch.allclose(loaded[task](f), transform(f), atol=1e-6)
+    assert loaded["task.1"].center is None and loaded["task.0"].center is not None
+    with pytest.raises(MergeError, match="already exists"):
+        save_adaptive_result(result, out)

@@ -56,6 +56,7 @@ def etf_alignment_loss(
     return (1.0 - cos).mean()
 
 
-def rotation_gap(rotation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``||R - R*||_F^2 / d``: in ``[0, 4]`` for rotations, whatever the feature width ``d``."""
-    return (rotation - target.detach()).pow(2).sum() / rotation.shape[-1]
+def rotation_gap(rotation: torch.Tensor, target: torch.Tensor, per_dim: bool = True) -> torch.Tensor:
+    """``||R - R*||_F^2``, divided by ``d`` when ``per_dim`` (then in ``[0, 4]`` whatever the width ``d``)."""
+    gap = (rotation - target.detach()).pow(2).sum()
+    return gap / rotation.shape[-1] if per_dim else gap

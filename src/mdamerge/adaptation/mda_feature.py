@@ -39,7 +39,7 @@ from .adamerging import AdaptiveResult, CoefficientTrainer, adamerging, check_cl
 from .functional import MergedParameterSpace, mergeable_names
 from .losses import etf_alignment_loss, etf_prototypes, rotation_gap, shannon_entropy
 from .problem import AdaptationProblem
-from .rotations import PARAMETRISATIONS, FixedRotation, Rotation, special_procrustes
+from .rotations import PARAMETRISATIONS, FixedRotation, Rotation, procrustes_from_cross_covariance
 
 INITS = ("mda", "ta", "am")
 DEFAULT_CLAMP = {"mda": None, "ta": (0.0, 1.0), "am": (0.0, 1.0)}
@@ -63,6 +63,9 @@ class FeatureAligner(CoefficientTrainer):
         rotation: str = "expm",
         rotation_lr: float | None = None,
         etf_center: bool = True,
+        procrustes_momentum: float = 0.0,
+        gap_per_dim: bool = True,
+        rotate_about_mean: bool = False,
         **kwargs: Any,
     ):
         super().__init__(problem, space, init_coefficients, **kwargs)
@@ -75,6 +78,13 @@ class FeatureAligner(CoefficientTrainer):
         self.use_entropy = bool(use_entropy)
         self.use_rotation = bool(use_rotation)
         self.etf_center = etf_center
+        if not 0.0 <= procrustes_momentum < 1.0:
+            raise MergeError(f"procrustes_momentum must be in [0, 1), got {procrustes_momentum!r}")
+        self.procrustes_momentum = float(procrustes_momentum)
+        self.gap_per_dim = bool(gap_per_dim)
+        self.rotate_about_mean = bool(rotate_about_mean)
+        self._centers: dict[str, torch.Tensor] = {}
+        self._cross: dict[str, torch.Tensor] = {}
         if not (self.use_entropy or self.alpha > 0 or self.beta > 0):
             raise MergeError("every loss term is switched off: enable use_entropy, alpha > 0 or beta > 0")
         self.rotation_lr = float(rotation_lr) if rotation_lr is not None else self.lr
@@ -131,12 +141,35 @@ class FeatureAligner(CoefficientTrainer):
             filled[idx[missing]] = True
         return cache[idx]
 
+    def procrustes_target(self, task: str, merged: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
+        """``R_t*``: Kabsch rotation of merged onto fine-tuned features -- of this batch alone
+        (``procrustes_momentum = 0``), or of an exponential moving average of the batches'
+        cross-covariances, which pins down all ``d`` directions once enough inputs were seen."""
+        cross = finetuned.double().mT @ merged.double() / len(merged)
+        if self.procrustes_momentum > 0:
+            if task in self._cross:
+                cross = self.procrustes_momentum * self._cross[task] + (1 - self.procrustes_momentum) * cross
+            self._cross[task] = cross
+        return procrustes_from_cross_covariance(cross).to(merged.dtype)
+
+    def update_center(self, task: str, features: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+        """Running mean of the task's merged features (the point the rotation turns about)."""
+        mean = features.mean(0)
+        if task in self._centers:
+            mean = momentum * self._centers[task] + (1 - momentum) * mean
+        self._centers[task] = mean
+        return mean
+
     def task_loss(self, task, indices, inputs, params):
         features = self.space.forward(params, inputs)
         zero = torch.zeros((), device=self.device)
         if self.use_rotation:
             rotation = self.rotations[task].matrix()
-            rotated = features @ rotation.mT
+            if self.rotate_about_mean:
+                center = self.update_center(task, features.detach())
+                rotated = (features - center) @ rotation.mT + center
+            else:
+                rotated = features @ rotation.mT
         else:
             rotated = features
         logits = self.heads[task](rotated)
@@ -146,8 +179,11 @@ class FeatureAligner(CoefficientTrainer):
         if self.alpha > 0:
             components["etf"] = etf_alignment_loss(rotated, logits, self.prototypes[task], center=self.etf_center)
         if self.beta > 0:
-            target = special_procrustes(features.detach(), self.finetuned_features(task, indices, inputs))
-            components["procrustes"] = rotation_gap(rotation, target)
+            merged, finetuned = features.detach(), self.finetuned_features(task, indices, inputs)
+            if self.rotate_about_mean:  # a rotation about the mean: align the centred point clouds
+                merged, finetuned = merged - merged.mean(0), finetuned - finetuned.mean(0)
+            target = self.procrustes_target(task, merged, finetuned)
+            components["procrustes"] = rotation_gap(rotation, target, self.gap_per_dim)
         components["total"] = (
             components["entropy"] + self.alpha * components["etf"] + self.beta * components["procrustes"]
         )
@@ -161,7 +197,8 @@ class FeatureAligner(CoefficientTrainer):
     def feature_transforms(self):
         if not self.use_rotation:
             return None
-        return {t: FixedRotation(m) for t, m in self.rotation_matrices().items()}
+        centers = {t: c.cpu() for t, c in self._centers.items()} if self.rotate_about_mean else {}
+        return {t: FixedRotation(m, centers.get(t)) for t, m in self.rotation_matrices().items()}
 
 
 def mda_feature_alignment(
@@ -179,6 +216,9 @@ def mda_feature_alignment(
     use_rotation: bool = True,
     rotation: str = "expm",
     etf_center: bool = True,
+    procrustes_momentum: float = 0.0,
+    gap_per_dim: bool = True,
+    rotate_about_mean: bool = False,
     clamp: Any = "default",
     batch_size: int = 16,
     ta_init: float = 0.3,
@@ -232,6 +272,7 @@ def mda_feature_alignment(
     trainer = FeatureAligner(
         problem, space, init_coefficients, alpha=alpha, beta=beta, use_entropy=use_entropy,
         use_rotation=use_rotation, rotation=rotation, rotation_lr=rotation_lr, etf_center=etf_center,
+        procrustes_momentum=procrustes_momentum, gap_per_dim=gap_per_dim, rotate_about_mean=rotate_about_mean,
         lr=lr, clamp=clamp, batch_size=batch_size, seed=seed, device=device, progress=progress,
     )
     trainer.method_name = f"mda-{init}" + ("" if use_rotation else "-norot")
@@ -240,6 +281,8 @@ def mda_feature_alignment(
         "method": trainer.method_name.replace("-", "_"),
         "alpha": trainer.alpha, "beta": trainer.beta, "use_entropy": trainer.use_entropy,
         "use_rotation": trainer.use_rotation, "rotation": rotation, "rotation_lr": trainer.rotation_lr,
+        "procrustes_momentum": trainer.procrustes_momentum, "gap_per_dim": trainer.gap_per_dim,
+        "rotate_about_mean": trainer.rotate_about_mean,
         "feature_dim": trainer.feature_dim, "seconds": time.perf_counter() - start,
     })
     return trainer.result(dict(problem.base), info)

@@ -3,10 +3,11 @@
 A result folder is a Hugging Face style model folder (the merged backbone's
 ``model.safetensors`` plus the base's non-weight files such as ``config.json``), and:
 
-* ``feature_transforms/rotations.safetensors`` -- one ``d x d`` rotation per task, keyed
-  by task name (absent when the method learns none); apply ``f -> R f`` before the task
-  head. It lives in a sub-folder because checkpoint readers take every
-  ``*.safetensors`` file at the top level for model weights;
+* ``feature_transforms/rotations.safetensors`` -- per task, ``rotation/<task>`` (``d x d``)
+  and, for rotations about a point, ``center/<task>`` (``d``); apply ``f -> R f`` (or
+  ``R (f - c) + c``) before the task head. Absent when the method learns none. It lives
+  in a sub-folder because checkpoint readers take every top-level ``*.safetensors``
+  file for model weights;
 * ``adaptation.json`` -- the run's settings, learned coefficients and loss history.
 """
 
@@ -28,14 +29,17 @@ TRANSFORMS_NAME = "feature_transforms/rotations.safetensors"
 INFO_NAME = "adaptation.json"
 
 
-def transform_matrices(result: AdaptiveResult) -> dict[str, torch.Tensor]:
-    """The rotation matrices of a result's feature transforms (empty when it has none)."""
+def transform_tensors(result: AdaptiveResult) -> dict[str, torch.Tensor]:
+    """The tensors of a result's feature transforms, named ``rotation/<task>`` and ``center/<task>``."""
     out = {}
     for task, transform in (result.feature_transforms or {}).items():
         matrix = getattr(transform, "matrix", None)
         if not torch.is_tensor(matrix):
             raise CheckpointError(f"feature transform of task '{task}' is not a stored rotation and cannot be saved")
-        out[task] = matrix.detach().cpu().contiguous()
+        out[f"rotation/{task}"] = matrix.detach().cpu().contiguous()
+        center = getattr(transform, "center", None)
+        if torch.is_tensor(center):
+            out[f"center/{task}"] = center.detach().cpu().contiguous()
     return out
 
 
@@ -47,10 +51,10 @@ def save_adaptive_result(result: AdaptiveResult, out_dir: str | Path, base_dir: 
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if base_dir is not None and Path(base_dir).is_dir():
             copy_non_weight_files(Path(base_dir), tmp)
-        matrices = transform_matrices(result)
-        if matrices:
+        tensors = transform_tensors(result)
+        if tensors:
             (tmp / TRANSFORMS_NAME).parent.mkdir()
-            save_file(matrices, str(tmp / TRANSFORMS_NAME), metadata={"format": "pt", "convention": "f -> R f"})
+            save_file(tensors, str(tmp / TRANSFORMS_NAME), metadata={"format": "pt", "convention": "f -> R f"})
         info = {**result.info, **(extra_info or {})}
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=1, default=str) + "\n")
     return Path(out_dir)
@@ -62,10 +66,18 @@ def load_feature_transforms(folder: str | Path) -> dict[str, FixedRotation] | No
     if not path.exists():
         return None
     try:
-        matrices = load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"cannot read {path}: {exc}") from None
-    for task, m in matrices.items():
+    out = {}
+    for key, m in tensors.items():
+        kind, _, task = key.partition("/")
+        if kind != "rotation":
+            continue
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
             raise CheckpointError(f"{path}: transform of task '{task}' is not a square matrix (shape {tuple(m.shape)})")
-    return {task: FixedRotation(m.float()) for task, m in matrices.items()}
+        center = tensors.get(f"center/{task}")
+        if center is not None and tuple(center.shape) != (m.shape[0],):
+            raise CheckpointError(f"{path}: center of task '{task}' has shape {tuple(center.shape)}, expected ({m.shape[0]},)")
+        out[task] = FixedRotation(m.float(), None if center is None else center.float())
+    return out

@@ -59,39 +59,52 @@ class Rotation(nn.Module):
 
 
 class FixedRotation(nn.Module):
-    """A frozen rotation applied to backbone features before a task head (``f -> R f``).
+    """A frozen rotation applied to backbone features before a task head.
 
-    This is what :class:`~mdamerge.adaptation.adamerging.AdaptiveResult` hands to the
-    evaluation as a feature transform; it follows the features' device and dtype.
+    ``f -> R f``, or ``f -> R (f - c) + c`` (a rotation about the point ``c``) when a
+    ``center`` is given. This is what a data-based merge hands to the evaluation as a
+    feature transform; it follows the features' device and dtype.
     """
 
-    def __init__(self, matrix: torch.Tensor):
+    def __init__(self, matrix: torch.Tensor, center: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("matrix", matrix.detach().clone())
+        self.register_buffer("center", None if center is None else center.detach().clone())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features @ self.matrix.to(features.device, features.dtype).mT
+        r = self.matrix.to(features.device, features.dtype)
+        if self.center is None:
+            return features @ r.mT
+        c = self.center.to(features.device, features.dtype)
+        return (features - c) @ r.mT + c
 
 
 def special_procrustes(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The rotation ``R in SO(d)`` minimising ``sum_i ||R x_i - y_i||^2`` (Kabsch).
 
-    ``source`` and ``target`` hold the ``x_i`` and ``y_i`` as rows (``B x d``). With
-    ``target^T source = U S V^T`` the orthogonal optimum is ``U V^T``; when its
-    determinant is -1, the sign of the last left singular vector is flipped
-    (``U diag(1, .., 1, -1) V^T``), which is the best special orthogonal matrix.
-    Computed in float64 for a stable sign decision.
+    ``source`` and ``target`` hold the ``x_i`` and ``y_i`` as rows (``B x d``); see
+    :func:`procrustes_from_cross_covariance` for the closed form.
     """
     if source.shape != target.shape or source.ndim != 2:
         raise ValueError(f"procrustes needs two B x d matrices of one shape, got {tuple(source.shape)} and {tuple(target.shape)}")
-    cross = target.double().mT @ source.double()
+    return procrustes_from_cross_covariance(target.double().mT @ source.double()).to(source.dtype)
+
+
+def procrustes_from_cross_covariance(cross: torch.Tensor) -> torch.Tensor:
+    """``argmax_{R in SO(d)} tr(R^T C)`` for ``C = sum_i y_i x_i^T`` (``d x d``), in ``C``'s dtype.
+
+    With ``C = U S V^T`` the orthogonal optimum is ``U V^T``; when its determinant is
+    -1, the sign of the last singular pair is flipped (``U diag(1, .., 1, -1) V^T``),
+    which is the best special orthogonal matrix (Kabsch). Use float64 for a stable
+    sign decision.
+    """
     u, _, vh = torch.linalg.svd(cross)
     sign = torch.sign(torch.linalg.det(u @ vh))
     if sign == 0:
         sign = torch.ones_like(sign)
     correction = torch.ones(u.shape[-1], dtype=u.dtype, device=u.device)
     correction[-1] = sign
-    return ((u * correction) @ vh).to(source.dtype)
+    return (u * correction) @ vh
 
 
 def orthogonality_error(matrix: torch.Tensor) -> float:
