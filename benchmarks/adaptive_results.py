@@ -35,6 +35,15 @@ from mdamerge.zoo.tasks import resolve_tasks
 ROOT = Path(__file__).resolve().parent.parent
 DATA_FREE = ["average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda"]
 ADAPTIVE = ["adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot"]
+# Sensitivity of MDA-TA to the rotation settings (--variants); labels say what changed.
+VARIANTS = [
+    ("mda_ta", {"rotation_lr": 1e-4}),
+    ("mda_ta", {"rotation_lr": 1e-5}),
+    ("mda_ta", {"rotate_about_mean": True}),
+    ("mda_ta", {"procrustes_momentum": 0.95}),
+    ("mda_ta", {"alpha": 0.0, "beta": 0.0}),
+    ("mda_ta", {"use_entropy": False}),
+]
 # FusionBench's table uses 1.5 for Iso-C / Iso-CTS; every other method its default.
 DATA_FREE_PARAMS = {"iso_c": {"scaling": 1.5}, "iso_cts": {"scaling": 1.5}}
 
@@ -108,26 +117,37 @@ def run_suite(zoo: Zoo, suite: str, args) -> dict:
         sweep.append(summarise(f"mda k={label}", "rank sweep", evaluate(merged), seconds, rank_fraction=fraction))
         print(f"[{suite}] mda rank_fraction={fraction:.3f}: {sweep[-1]['acc']:.2f}%", flush=True)
     del finetuned
-    for method in args.methods:
-        options = {"steps": args.steps, "progress": not args.quiet}
+    runs = [(m, {}) for m in args.methods] + (VARIANTS if args.variants else [])
+    for method, overrides in runs:
+        options = {"steps": args.steps, "progress": not args.quiet, **overrides}
         if args.max_unlabeled:
             options["max_unlabeled"] = args.max_unlabeled
+        label = method + ("" if not overrides else " (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")")
         start = time.perf_counter()
         result = ADAPTIVE_METHODS[method](zoo, tasks, device=args.device, seed=args.seed, **options)
         seconds = time.perf_counter() - start
         history = result.info["history"]
         final = {k: round(v, 4) for k, v in history[-1].items() if k != "step"} if history else {}
-        rows.append(summarise(method, "data-based", evaluate(result.state_dict, result.feature_transforms), seconds,
+        rows.append(summarise(label, "data-based" if not overrides else "variant",
+                              evaluate(result.state_dict, result.feature_transforms), seconds,
                               steps=result.info["steps"], final_loss=final,
                               am_steps=result.info.get("adamerging", {}).get("steps")))
-        print(f"[{suite}] {method}: {rows[-1]['acc']:.2f}% in {seconds:.1f}s ({result.info['steps']} steps)", flush=True)
+        print(f"[{suite}] {label}: {rows[-1]['acc']:.2f}% in {seconds:.1f}s ({result.info['steps']} steps)", flush=True)
     return {
         "suite": suite, "tasks": tasks, "rows": rows, "rank_sweep": sweep,
+        "peak_rss_mb": peak_rss_mb(),
         "settings": {"steps": args.steps, "max_unlabeled": args.max_unlabeled, "max_eval": args.max_eval,
                      "device": args.device, "seed": args.seed, "threads": torch.get_num_threads()},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory so far (Linux: ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def fmt(value, digits=2):
@@ -162,7 +182,8 @@ def render(results: dict, command: str) -> str:
             "",
             f"{r['date']}, {r['machine']}. Data-based methods: **{s['steps']} steps** (FusionBench: 1000), batch 16 per",
             f"task, unlabeled inputs = test images{' (first ' + str(s['max_unlabeled']) + ' per task)' if s['max_unlabeled'] else ''};"
-            f" evaluation on {'the first ' + str(s['max_eval']) if s['max_eval'] else 'all'} test images per task.",
+            f" evaluation on {'the first ' + str(s['max_eval']) if s['max_eval'] else 'all'} test images per task."
+            f" Peak memory of the whole run (all methods): {r.get('peak_rss_mb', 0):.0f} MB.",
             "",
             "| method | kind | steps | accuracy (%) | Delta_ETF | misalignment | wall time (s) |",
             "|---|---|---|---|---|---|---|",
@@ -207,6 +228,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-eval", type=int, default=None, help="cap on evaluated test inputs per task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--variants", action="store_true", help="also run MDA-TA's rotation-setting variants")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results_adaptive.md"))
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]

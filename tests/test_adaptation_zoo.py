@@ -89,9 +89,11 @@ def test_adapt_cli_then_analyze_with_delta_etf(zoo, tmp_path):
     }))
     out = tmp_path / "merged"
     runner = CliRunner()
-    result = runner.invoke(main, ["adapt", str(config), "--out", str(out), "--no-eval"])
+    result = runner.invoke(main, ["adapt", str(config), "--out", str(out)])
     assert result.exit_code == 0, result.output
     info = json.loads((out / "adaptation.json").read_text())
+    assert set(info["test_accuracy"]) == set(zoo_build.resolve_tasks(SUITE))
+    assert all(0 <= a <= 1 for a in info["test_accuracy"].values())
     assert info["method"] == "mda_am" and len(info["history"]) == 3 and info["adamerging"]["steps"] == 2
     assert (out / "config.json").exists() and "visual_projection.weight" in load_file(str(out / "model.safetensors"))
     transforms = load_feature_transforms(out)
