@@ -29,7 +29,6 @@ from mdamerge import merge_state_dicts
 from mdamerge.adaptation import ADAPTIVE_METHODS
 from mdamerge.diagnostics.etf import class_means, delta_etf, prototype_misalignment
 from mdamerge.zoo.build import Zoo
-from mdamerge.zoo.model import TinyViT
 from mdamerge.zoo.tasks import resolve_tasks
 
 ROOT = Path(__file__).resolve().parent.parent

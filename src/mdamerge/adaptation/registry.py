@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Sequence
 
-import torch
 
 from ..errors import MergeError, closest_hint
 from .adamerging import AdaptiveResult, adamerging

@@ -16,7 +16,7 @@ from ..io.writer import AtomicOutputDir
 from . import plots
 from .etf import class_means, delta_etf, extract_features, prototype_misalignment
 from .report import Report
-from .task_vectors import TaskVectorReport, analyze_task_vectors, cosine_matrix
+from .task_vectors import TaskVectorReport, analyze_task_vectors
 
 
 @dataclass
@@ -221,4 +221,4 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
     return metrics
 
 
-__all__ = ["AnalysisInputs", "EtfRow", "run_analysis", "cosine_matrix"]
+__all__ = ["AnalysisInputs", "EtfRow", "run_analysis"]
