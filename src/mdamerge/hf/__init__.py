@@ -1,2 +1,11 @@
 """Hugging Face models: the CLIP benchmark recipe (vision towers merged, zero-shot heads from the
-text encoder) and helpers for transformers text models."""
+text encoder, test splits loaded offline) and helpers for transformers text models.
+
+>>> from mdamerge.hf.recipes import run_recipe                                   # doctest: +SKIP
+>>> result = run_recipe("clip-vit-b32-tasks8", "tsv,mda", model_root="models")  # doctest: +SKIP
+>>> print(result.markdown())                                                     # doctest: +SKIP
+"""
+
+from .recipes import RECIPES, Recipe, RecipeResult, run_recipe
+
+__all__ = ["RECIPES", "Recipe", "RecipeResult", "run_recipe"]

@@ -1,0 +1,211 @@
+"""CLIP vision towers: locating checkpoints offline, merging only the vision tower, and
+zero-shot evaluation with heads built from the pretrained text encoder.
+
+The literature's benchmark fine-tunes only CLIP's image encoder per task
+(``tanganke/clip-vit-base-patch32_<task>`` holds a ``CLIPVisionModel``); the merged
+image encoder is evaluated with the pretrained model's ``visual_projection`` and, per
+task, a zero-shot head: for each class the mean of the normalised text embeddings of
+the task's prompt templates filled with the class name, renormalised. A prediction is
+``argmax_c <normalised image embedding, head_c>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from ..errors import MergeError
+from ..io.checkpoint import Checkpoint, TensorInfo
+from .classnames import classnames, prompts
+from .datasets import ImageDataset, hub_cache_dir
+
+VISION_PREFIX = "vision_model."
+
+
+# -- locating checkpoints -------------------------------------------------------------
+@dataclass
+class ModelLookup:
+    """Where a model was found, or every place that was tried."""
+
+    name: str
+    path: Path | None = None
+    looked: list[str] = field(default_factory=list)
+
+
+def _has_weights(folder: Path) -> bool:
+    try:
+        Checkpoint(folder)
+    except MergeError:
+        return False
+    return True
+
+
+def find_model(name: str, model_root: str | Path | None = None, cache_dir: str | None = None) -> ModelLookup:
+    """A model folder for ``name`` (a path, or a Hub name such as ``openai/clip-vit-base-patch32``).
+
+    Looks in ``model_root/<org>/<name>``, ``model_root/<org>--<name>`` and
+    ``model_root/<name>``, then in the Hugging Face Hub cache (offline).
+    """
+    lookup = ModelLookup(name)
+    if Path(name).is_dir():
+        lookup.path = Path(name)
+        return lookup
+    if model_root is not None:
+        root = Path(model_root)
+        for folder in (root.joinpath(*name.split("/")), root / name.replace("/", "--"), root / name.split("/")[-1]):
+            lookup.looked.append(str(folder))
+            if folder.is_dir() and _has_weights(folder):
+                lookup.path = folder
+                return lookup
+    lookup.looked.append(f"Hugging Face cache {hub_cache_dir(cache_dir)}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name, local_files_only=True, cache_dir=cache_dir))
+    except Exception:  # not cached, or huggingface_hub missing
+        return lookup
+    if _has_weights(folder):
+        lookup.path = folder
+    return lookup
+
+
+# -- the vision tower as a tensor source ----------------------------------------------------
+class VisionTowerSource:
+    """The floating-point ``vision_model.*`` tensors of a CLIP or CLIPVisionModel checkpoint.
+
+    Full CLIP checkpoints and CLIPVisionModel checkpoints written by transformers 4
+    (the public fine-tuned ones) name the tensors ``vision_model.*``; a CLIPVisionModel
+    written by transformers 5 drops the prefix. Either way the tensors are presented as
+    ``vision_model.*``.
+    """
+
+    def __init__(self, path: str | Path, prefix: str = VISION_PREFIX):
+        self.path = str(path)
+        self.label = self.path
+        self.checkpoint = Checkpoint(path)
+        floating = [k for k in self.checkpoint.keys() if self.checkpoint.info(k).dtype.is_floating_point]
+        prefixed = [k for k in floating if k.startswith(prefix)]
+        if prefixed:
+            self._stored = {k: k for k in prefixed}
+        elif any(k.startswith("encoder.") for k in floating) and any(k.startswith("embeddings.") for k in floating):
+            self._stored = {prefix + k: k for k in floating}
+        else:
+            raise MergeError(f"{path} has no '{prefix}*' tensors: it is not a CLIP vision tower")
+
+    def keys(self) -> list[str]:
+        return list(self._stored)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.checkpoint.info(self._stored[name])
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.checkpoint.get(self._stored[name])
+
+    def __getstate__(self):  # travels to Ray workers as its path
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+
+def merge_vision_towers(base: str | Path, finetuned: Sequence[str | Path], method: str, *,
+                        parameters: dict | None = None, seed: int = 0, device: str = "cpu", workers: int = 1,
+                        executor=None, progress: bool = False) -> dict[str, torch.Tensor]:
+    """The merged ``vision_model.*`` state dict (CPU tensors): only the image encoder is merged."""
+    from ..config import ParameterResolver
+    from ..engine.core import MergeEngine
+    from ..methods import get_method
+
+    impl = get_method(method)
+    resolver = ParameterResolver(impl, parameters or {})
+    engine = MergeEngine(VisionTowerSource(base), [VisionTowerSource(p) for p in finetuned], impl, resolver.resolve,
+                         seed=seed, device=device, workers=workers, progress=progress)
+    merged: dict[str, torch.Tensor] = {}
+    engine.run(merged.__setitem__, executor=executor)
+    return merged
+
+
+def vision_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``vision_model.*`` tensors of a checkpoint."""
+    source = VisionTowerSource(path)
+    return {k: source.get(k) for k in source.keys()}
+
+
+# -- zero-shot classification ---------------------------------------------------------
+def _text_features(model, tokenizer, texts: list[str], device) -> torch.Tensor:
+    max_len = model.config.text_config.max_position_embeddings
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(device)
+    pooled = model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
+    return model.text_projection(pooled)
+
+
+@torch.no_grad()
+def zero_shot_head(model, tokenizer, task: str, device="cpu", batch_size: int = 256) -> torch.Tensor:
+    """``(num_classes, dim)`` zero-shot head of ``task``: per class the renormalised mean of its
+    normalised prompt embeddings."""
+    names = classnames(task)
+    texts = [p for name in names for p in prompts(task, name)]
+    per_class = len(texts) // len(names)
+    feats = torch.cat([_text_features(model, tokenizer, texts[i:i + batch_size], device)
+                       for i in range(0, len(texts), batch_size)])
+    feats = torch.nn.functional.normalize(feats.float(), dim=-1).view(len(names), per_class, -1).mean(1)
+    return torch.nn.functional.normalize(feats, dim=-1)
+
+
+def _batches(dataset: ImageDataset, processor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(dataset), batch_size):
+        idx = range(start, min(start + batch_size, len(dataset)))
+        pixels = processor(images=[dataset.image(i) for i in idx], return_tensors="pt")["pixel_values"]
+        yield pixels, torch.tensor([dataset.labels[i] for i in idx])
+
+
+class ZeroShotEvaluator:
+    """Accuracy of CLIP image encoders with the pretrained model's zero-shot heads.
+
+    Holds one pretrained ``CLIPModel``; :meth:`accuracy` swaps a vision tower in
+    (``load_vision``) and classifies a task's test split.
+    """
+
+    def __init__(self, base_path: str | Path, device: str = "cpu", batch_size: int = 64):
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        self.device = torch.device(device)
+        self.model = CLIPModel.from_pretrained(base_path).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(base_path)
+        self.processor = CLIPImageProcessor.from_pretrained(base_path)
+        self.batch_size = batch_size
+        self.heads: dict[str, torch.Tensor] = {}
+        self.pretrained_vision = {f"{VISION_PREFIX}{k}": v.detach().clone()
+                                  for k, v in self.model.vision_model.state_dict().items()}
+
+    def head(self, task: str) -> torch.Tensor:
+        if task not in self.heads:
+            self.heads[task] = zero_shot_head(self.model, self.tokenizer, task, self.device)
+        return self.heads[task]
+
+    def load_vision(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the image encoder's weights by ``state`` (``vision_model.*`` names)."""
+        inner = {k[len(VISION_PREFIX):]: v for k, v in state.items() if k.startswith(VISION_PREFIX)}
+        missing, unexpected = self.model.vision_model.load_state_dict(inner, strict=False)
+        missing = [m for m in missing if not m.endswith("position_ids")]
+        if missing or unexpected:
+            raise MergeError(f"vision tower does not fit the CLIP model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    @torch.no_grad()
+    def predictions(self, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predicted, true)`` labels of the loaded image encoder on ``dataset``."""
+        head = self.head(dataset.task)
+        preds, trues = [], []
+        for pixels, labels in _batches(dataset, self.processor, self.batch_size):
+            pooled = self.model.vision_model(pixel_values=pixels.to(self.device)).pooler_output
+            emb = torch.nn.functional.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+            preds.append((emb @ head.T).argmax(-1).cpu())
+            trues.append(labels)
+        return torch.cat(preds), torch.cat(trues)
+
+    def accuracy(self, dataset: ImageDataset) -> float:
+        pred, true = self.predictions(dataset)
+        return float((pred == true).float().mean())
