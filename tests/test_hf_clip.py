@@ -209,6 +209,23 @@ def test_subset_of_tasks_and_of_test_images(clip_zoo):
     assert result.samples == {"mnist": 4, "dtd": 4}
     assert result.parameters["task_arithmetic"] == {"scaling": 0.5}
     assert result.normalized("task_arithmetic") is None  # no fine-tuned row to normalise by
+    assert result.table == str(result) and result.table.startswith("| model | mnist | dtd |")
+
+
+def test_roots_from_the_environment_and_bench_delegation(clip_zoo, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mdamerge.cli import main
+
+    _, models, data = clip_zoo
+    monkeypatch.setenv("MDAMERGE_MODEL_ROOT", str(models))
+    monkeypatch.setenv("MDAMERGE_DATA_ROOT", str(data))
+    result = CliRunner().invoke(main, ["bench", "--recipe", "clip-vit-b32-tasks8", "--methods", "task_arithmetic",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "| task_arithmetic |" in result.output and (tmp_path / "out" / "results.json").is_file()
+    result = CliRunner().invoke(main, ["bench", "--recipe", "clip-vit-b32-tasks8", "--methods", "data-based"])
+    assert result.exit_code == 2 and "error: the CLIP recipes run data-free methods" in result.output
 
 
 def test_missing_models_and_datasets_are_each_named_with_where_they_were_looked_for(clip_zoo, tmp_path):

@@ -14,6 +14,7 @@ pretrained model and each fine-tuned model on its own task.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     items = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
     names: list[str] = []
     for item in items:
+        if item == "data-based":
+            raise ConfigError("the CLIP recipes run data-free methods (merging needs no data here); "
+                              "use 'data-free' or a list of: " + ", ".join(DATA_FREE))
         for name in (DATA_FREE if item in ("data-free", "all") else (item,)):
             get_method(name)  # unknown names: ConfigError with a suggestion
             if name not in names:
@@ -148,6 +152,14 @@ class RecipeResult:
                 "average": {r: self.average(r) for r in self.rows},
                 "normalized": {r: self.normalized(r) for r in self.rows}}
 
+    @property
+    def table(self) -> str:
+        """The Markdown table (what ``mdamerge bench --recipe`` prints)."""
+        return self.markdown()
+
+    def __str__(self) -> str:
+        return self.markdown()
+
     def markdown(self) -> str:
         head = "| model | " + " | ".join(self.tasks) + " | avg | norm. |"
         lines = [head, "|" + "---|" * (len(self.tasks) + 3)]
@@ -189,6 +201,8 @@ def run_recipe(
 
     ``methods``: names or a comma-separated string (``data-free`` = the 8 data-free
     methods); ``method_params``: ``{method: {param: value}}`` (defaults: FusionBench's).
+    ``model_root``/``data_root`` default to ``$MDAMERGE_MODEL_ROOT``/``$MDAMERGE_DATA_ROOT``
+    (then the Hugging Face cache alone).
     ``tasks`` restricts the recipe to some of its tasks; ``max_per_task`` evaluates a
     seeded random subset of each test split. Everything is read offline; if anything is
     missing, a :class:`~mdamerge.errors.MergeError` lists each missing model and dataset
@@ -199,6 +213,8 @@ def run_recipe(
     from .clip import ZeroShotEvaluator, merge_vision_towers, vision_state
 
     recipe = get_recipe(name)
+    model_root = model_root if model_root is not None else os.environ.get("MDAMERGE_MODEL_ROOT")
+    data_root = data_root if data_root is not None else os.environ.get("MDAMERGE_DATA_ROOT")
     task_list = list(tasks) if tasks is not None else list(recipe.tasks)
     unknown = [t for t in task_list if t not in recipe.tasks]
     if unknown:
