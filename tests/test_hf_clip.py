@@ -155,8 +155,8 @@ def test_recipes_cover_three_architectures_and_three_suites():
     with pytest.raises(ConfigError, match="unknown recipe 'clip-vit-b32-task8'.*did you mean 'clip-vit-b32-tasks8'"):
         get_recipe("clip-vit-b32-task8")
     commands = download_commands(get_recipe("clip-vit-b32-tasks8"), TASKS8)
-    assert "huggingface-cli download tanganke/clip-vit-base-patch32_gtsrb" in commands
-    assert "huggingface-cli download ufldl-stanford/svhn --repo-type dataset" in commands
+    assert "hf download tanganke/clip-vit-base-patch32_gtsrb" in commands
+    assert "hf download ufldl-stanford/svhn --repo-type dataset --include '*test*'" in commands
 
 
 def test_recipe_accuracies_equal_an_independent_zero_shot_evaluation(clip_zoo, tmp_path):

@@ -6,6 +6,13 @@ text encoder, test splits loaded offline) and helpers for transformers text mode
 >>> print(result.markdown())                                                     # doctest: +SKIP
 """
 
-from .recipes import RECIPES, Recipe, RecipeResult, run_recipe
-
 __all__ = ["RECIPES", "Recipe", "RecipeResult", "run_recipe"]
+
+
+def __getattr__(name: str):
+    # imported lazily so that `python -m mdamerge.hf.recipes` does not import the module twice
+    if name in __all__:
+        from . import recipes
+
+        return getattr(recipes, name)
+    raise AttributeError(name)

@@ -10,7 +10,7 @@ Where a task's test split is looked for, in order:
      ``<config>/test-*.parquet``, ``test.parquet``...; needs ``pyarrow``),
    * WebDataset shards ``test/*.tar`` (``<key>.jpg|png|webp`` + ``<key>.cls``),
    * a ``datasets.save_to_disk`` folder ``test/`` (needs ``datasets``);
-2. the Hugging Face Hub cache (``huggingface-cli download REPO --repo-type dataset``),
+2. the Hugging Face Hub cache (``hf download REPO --repo-type dataset``),
    read with ``local_files_only=True`` -- never the network;
 3. the ``datasets`` library's own cache, offline, if ``datasets`` is installed.
 

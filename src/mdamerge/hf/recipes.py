@@ -113,10 +113,11 @@ def locate_inputs(recipe: Recipe, tasks: Sequence[str], model_root=None, data_ro
 
 
 def download_commands(recipe: Recipe, tasks: Sequence[str]) -> list[str]:
-    """The ``huggingface-cli`` commands that fill the cache for ``recipe`` on a machine with internet access."""
-    lines = [f"huggingface-cli download {recipe.base}"]
-    lines += [f"huggingface-cli download {recipe.finetuned_name(t)}" for t in tasks]
-    lines += [f"huggingface-cli download {DATASETS[t].repo} --repo-type dataset" for t in tasks]
+    """The ``hf download`` commands (huggingface_hub's CLI) that fill the cache for ``recipe``
+    on a machine with internet access: the models, and only the test split of each dataset."""
+    lines = [f"hf download {recipe.base} --exclude '*.h5' --exclude '*.msgpack'"]
+    lines += [f"hf download {recipe.finetuned_name(t)}" for t in tasks]
+    lines += [f"hf download {DATASETS[t].repo} --repo-type dataset --include '*{DATASETS[t].split}*'" for t in tasks]
     return lines
 
 
@@ -227,7 +228,8 @@ def run_recipe(
     inputs = locate_inputs(recipe, task_list, model_root, data_root, cache_dir)
     if inputs.missing:
         raise MergeError(f"recipe '{name}' cannot run, {len(inputs.missing)} input(s) missing: " + "; ".join(inputs.missing)
-                         + " -- see docs/real_models.md (on a machine with internet access: huggingface-cli download ...)")
+                         + " -- on a machine with internet access fetch them with `hf download` "
+                         f"(`python -m mdamerge.hf.recipes {name} --check` lists the commands; see docs/real_models.md)")
     splits = {t: _subsample(inputs.datasets[t], max_per_task, seed) for t in task_list}
     evaluator = ZeroShotEvaluator(inputs.base, device=device, batch_size=batch_size)
     rows: dict[str, dict[str, float]] = {}
