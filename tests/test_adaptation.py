@@ -314,7 +314,7 @@ def test_switched_off_terms_are_absent_from_loss_and_gradient(problem):
 
     no_rot = make_aligner(problem, use_rotation=False)
     comps3, (g_coef3,) = gradients_of(no_rot, task, idx, x, switch_off=("procrustes",))
-    assert no_rot.rotations == {} and no_rot.extra_param_groups() == [] and no_rot.feature_transforms() is None
+    assert no_rot.rotations == {} and no_rot.extra_optimizers() == [] and no_rot.feature_transforms() is None
     ent, etf = reference_components(no_rot, task, x, no_rot.coefficients())
     assert torch.allclose(g_coef3, torch.autograd.grad(ent + 0.8 * etf, no_rot.raw)[0], atol=1e-6)
 

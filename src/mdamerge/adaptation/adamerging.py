@@ -81,7 +81,7 @@ class CoefficientTrainer:
     Every step draws one batch per task, builds the merged parameters once, and
     accumulates each task's gradient into detached copies of them (so only one task's
     activations are alive at a time) before pushing the sum back to the coefficients.
-    Subclasses override :meth:`task_loss` and :meth:`extra_param_groups`.
+    Subclasses override :meth:`task_loss` and :meth:`extra_optimizers`.
     """
 
     method_name = "adamerging"
@@ -113,11 +113,11 @@ class CoefficientTrainer:
         self.heads = frozen_heads(problem, self.device)
         self.batches = UnlabeledBatches(problem.unlabeled, self.batch_size, seed, self.device)
         self.history: list[dict[str, float]] = []
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizers: list[torch.optim.Optimizer] | None = None
 
     # -- hooks -------------------------------------------------------------
-    def extra_param_groups(self) -> list[dict[str, Any]]:
-        """Adam parameter groups trained alongside the coefficients (none for AdaMerging)."""
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers of parameters trained alongside the coefficients (none for AdaMerging)."""
         return []
 
     def task_loss(self, task: str, indices: torch.Tensor, inputs: torch.Tensor,
@@ -132,11 +132,11 @@ class CoefficientTrainer:
         """The coefficients the merged model uses (clamped when ``clamp`` is set)."""
         return self.raw.clamp(*self.clamp) if self.clamp else self.raw
 
-    def optimizer(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            groups = [{"params": [self.raw]}, *self.extra_param_groups()]
-            self._optimizer = torch.optim.Adam(groups, lr=self.lr)
-        return self._optimizer
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Adam on the coefficients, then whatever the subclass adds."""
+        if self._optimizers is None:
+            self._optimizers = [torch.optim.Adam([self.raw], lr=self.lr), *self.extra_optimizers()]
+        return self._optimizers
 
     def accumulate_gradients(self) -> dict[str, float]:
         """One batch per task: accumulate all gradients, return the summed loss components."""
@@ -156,10 +156,12 @@ class CoefficientTrainer:
 
     def step(self) -> dict[str, float]:
         """One optimiser step; returns (and logs) the loss components summed over tasks."""
-        opt = self.optimizer()
-        opt.zero_grad(set_to_none=True)
+        optimizers = self.optimizers()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         totals = self.accumulate_gradients()
-        opt.step()
+        for opt in optimizers:
+            opt.step()
         totals["step"] = len(self.history)
         self.history.append(totals)
         return totals

@@ -117,10 +117,10 @@ class FeatureAligner(CoefficientTrainer):
             raise MergeError(f"task '{task}': {weight.shape[0]} classes need feature dim >= {weight.shape[0] - 1} for a simplex ETF")
         return etf_prototypes(weight, seed=self.seed + index).to(self.device)
 
-    def extra_param_groups(self) -> list[dict[str, Any]]:
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.use_rotation:
             return []
-        return [{"params": [r.raw for r in self.rotations.values()], "lr": self.rotation_lr}]
+        return [torch.optim.Adam([r.raw for r in self.rotations.values()], lr=self.rotation_lr)]
 
     # -- loss --------------------------------------------------------------
     def finetuned_features(self, task: str, indices: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
