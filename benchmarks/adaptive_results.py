@@ -157,7 +157,24 @@ def fmt(value, digits=2):
     return f"{value:.{digits}f}"
 
 
-def render(results: dict, command: str) -> str:
+def suite_command(r: dict) -> str:
+    """The command that regenerates one suite's entry, from its recorded settings."""
+    s = r["settings"]
+    parts = ["python benchmarks/adaptive_results.py", f"--suites {r['suite']}", f"--steps {s['steps']}"]
+    if s.get("threads"):
+        parts.append(f"--threads {s['threads']}")
+    if s.get("max_unlabeled"):
+        parts.append(f"--max-unlabeled {s['max_unlabeled']}")
+    if s.get("max_eval"):
+        parts.append(f"--max-eval {s['max_eval']}")
+    if s.get("device", "cpu") != "cpu":
+        parts.append(f"--device {s['device']}")
+    if any(row["kind"] == "variant" for row in r["rows"]):
+        parts.append("--variants")
+    return " ".join(parts)
+
+
+def render(results: dict) -> str:
     lines = [
         "# Data-based merging on the offline zoo",
         "",
@@ -168,7 +185,8 @@ def render(results: dict, command: str) -> str:
         "Wall time is for the merge itself (data-based: loading the data and all optimisation steps, MDA-AM",
         "including its AdaMerging stage), on a shared 2-core CPU: treat it as indicative.",
         "",
-        f"Regenerate: `{command}`",
+        "Each suite's section names the command that regenerates it (results accumulate in",
+        "docs/results_adaptive.json; the page is rebuilt from all suites there).",
         "",
     ]
     for suite in ("tiny3", "tasks8", "tasks14", "tasks20"):
@@ -178,6 +196,8 @@ def render(results: dict, command: str) -> str:
         s = r["settings"]
         lines += [
             f"## {suite} ({len(r['tasks'])} tasks)",
+            "",
+            f"`{suite_command(r)}`",
             "",
             f"{r['date']}, {r['machine']}. Data-based methods: **{s['steps']} steps** (FusionBench: 1000), batch 16 per",
             f"task, unlabeled inputs = test images{' (first ' + str(s['max_unlabeled']) + ' per task)' if s['max_unlabeled'] else ''};"
@@ -244,8 +264,7 @@ def main(argv=None) -> None:
     for suite in [s for s in args.suites.split(",") if s]:
         results[suite] = run_suite(zoo, suite, args)
         store.write_text(json.dumps(results, indent=1) + "\n")  # after each suite: a crash keeps what is done
-    command = "python benchmarks/adaptive_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out.write_text(render(results, command))
+    out.write_text(render(results))
     print(f"wrote {out} and {store}")
 
 
