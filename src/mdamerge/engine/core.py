@@ -105,8 +105,17 @@ def make_plan(base: TensorSource, excluded: Callable[[str], bool], out_dtype: to
     return MergePlan(names=names, merged=merged, copied=copied, output_info=infos)
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf in ``tensor``: min/max propagate NaN and expose +-Inf, and ``aminmax`` is
+    about 10x faster than ``isfinite(t).all()`` (which dominated cheap merges of bf16 checkpoints)."""
+    if tensor.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(tensor)
+    return bool(torch.isfinite(lo) and torch.isfinite(hi))
+
+
 def _checked(tensor: torch.Tensor, name: str, label: str) -> torch.Tensor:
-    if not torch.isfinite(tensor).all():
+    if not all_finite(tensor):
         bad = "NaN" if torch.isnan(tensor).any() else "Inf"
         raise CheckpointError(f"tensor '{name}' in {label} contains {bad} values")
     return tensor
@@ -175,7 +184,7 @@ class MergeEngine:
         if tuple(delta.shape) != tuple(base.shape):
             raise MergeError(f"method '{self.method.name}' returned shape {list(delta.shape)} for '{name}' {list(base.shape)}")
         merged = base + delta.to(torch.float32)
-        if not torch.isfinite(merged).all():
+        if not all_finite(merged):
             raise MergeError(f"method '{self.method.name}' produced non-finite values for '{name}' (check its parameters)")
         merged = merged.to(out_dtype).cpu()
         if name in self.shared_rows:  # rows beyond the shared vocabulary keep the base's values
