@@ -1,0 +1,176 @@
+"""Regenerate ``docs/results.md``: every data-free method on the 8-, 14- and 20-task suites.
+
+``make results`` runs ``python -m mdamerge.evaluation.results``; it builds whatever part
+of the zoo is missing (the 20-task zoo included), benchmarks each suite, and rewrites the
+Markdown file with the tables, the hyperparameters chosen on validation, MDA's option
+search and the zoo build times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..zoo.build import Zoo, default_cache_dir
+from ..zoo.tasks import SUITES, TASKS
+from .bench import BenchResult, mda_option_summary, run_bench
+from .tables import display_name, markdown_table, chosen_params_table, mda_options_table, pct
+
+DEFAULT_SUITES = ("tasks8", "tasks14", "tasks20")
+COMPARED = ("task_arithmetic", "tsv", "iso_cts", "mda")
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def build_and_bench(suites, methods: str, zoo: Zoo, device: str, val_limit: int | None, log) -> tuple[dict, dict]:
+    """Build each suite's missing models (timed), then benchmark it; returns (results, build info)."""
+    results: dict[str, BenchResult] = {}
+    builds: dict[str, dict] = {}
+    for suite in suites:
+        load_before = _load()
+        start = time.perf_counter()
+        timings = zoo.build(suite, progress=True, device=device)
+        builds[suite] = {"wall_seconds": round(time.perf_counter() - start, 1), "built": sorted(timings),
+                         "load_before": load_before, "load_after": _load()}
+        log(f"[{suite}] zoo ready ({len(timings)} new parts, {builds[suite]['wall_seconds']} s); benchmarking ...")
+        results[suite] = run_bench(suite, methods, zoo=zoo, out_dir=default_cache_dir() / "results", device=device,
+                                   val_limit=val_limit, progress=True, log=log)
+    return results, builds
+
+
+def recorded_build_seconds(zoo: Zoo, suite: str) -> float:
+    """Pretraining plus each task's head + fine-tuning + evaluation time, as recorded when built."""
+    return (zoo.pretrain_record.get("seconds") or 0.0) + sum(zoo.records[t]["seconds"] for t in SUITES[suite])
+
+
+def comparison_table(results: dict[str, BenchResult]) -> str:
+    suites = list(results)
+    lines = ["| Method | " + " | ".join(f"{s} Avg | {s} Norm." for s in suites) + " |",
+             "| --- | " + " | ".join("---: | ---:" for _ in suites) + " |"]
+    names = [r.name for r in next(iter(results.values())).rows]
+    for name in names:
+        cells = []
+        for s in suites:
+            res = results[s]
+            cells += [pct(res.row(name).average), pct(res.normalized_average(name))]
+        lines.append(f"| {display_name(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mda_verdict(results: dict[str, BenchResult]) -> list[str]:
+    """Sentences comparing MDA with TSV-M, Iso-CTS and task arithmetic (test averages, points)."""
+    out = []
+    for suite, res in results.items():
+        names = {r.name for r in res.rows}
+        if "mda" not in names:
+            continue
+        mda = res.row("mda").average
+        diffs = [f"{display_name(m)} {100 * (mda - res.row(m).average):+.1f}" for m in COMPARED[:-1] if m in names]
+        best = max((r for r in res.rows if r.kind != "reference"), key=lambda r: r.average)
+        out.append(f"- **{suite}**: MDA {pct(mda)}% average; MDA minus " + ", ".join(diffs)
+                   + f" points. Best data-free method: {display_name(best.name)} ({pct(best.average)}%).")
+    return out
+
+
+def mda_defaults(results: dict[str, BenchResult]) -> list[str]:
+    lines = []
+    for suite, res in results.items():
+        summary = mda_option_summary(res)
+        if summary:
+            top = summary[0]
+            lines.append(f"- {suite}: etf_side={top['etf_side']}, etf_over={top['etf_over']}, polar={top['polar']} "
+                         f"(scaling {top['scaling']}, validation average {pct(top['val_average'], 2)}%)")
+    return lines
+
+
+def zoo_tables(zoo: Zoo, suites, builds: dict) -> str:
+    biggest = max(suites, key=lambda s: len(SUITES[s]))
+    lines = ["| Suite | Tasks | Recorded build time (s) | Wall time of this run (s) | Load average before / after |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for s in suites:
+        b = builds.get(s, {})
+        lines.append(f"| {s} | {len(SUITES[s])} | {recorded_build_seconds(zoo, s):.0f} | {b.get('wall_seconds', '-')} "
+                     f"| {b.get('load_before', '-')} / {b.get('load_after', '-')} |")
+    lines += ["", f"Pretraining: {zoo.pretrain_record.get('seconds')} s, "
+              f"{zoo.pretrain_record.get('num_parameters')} parameters, "
+              f"{zoo.pretrain_record.get('num_classes')} glyph classes.", "",
+              "| Task | Classes | Description | Train size | Pretrained + head (test) | Fine-tuned (test) | Build s |",
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for t in SUITES[biggest]:
+        r = zoo.records[t]
+        lines.append(f"| {t} | {len(TASKS[t].class_names)} | {TASKS[t].description} | {r['train_size']} | "
+                     f"{pct(r['pretrained']['test'])} | {pct(r['finetuned']['test'])} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float) -> str:
+    s = zoo.settings
+    parts = [
+        "# Benchmark results (offline zoo)\n",
+        "Generated by `make results` (`python -m mdamerge.evaluation.results`); do not edit by hand. "
+        "See [benchmark.md](benchmark.md) for the protocol.\n",
+        f"Run started {started}, took {seconds / 60:.0f} min; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.machine()}); "
+        "the machine is shared, so times depend on its load (load averages below).\n",
+        f"Backbone: TinyViT dim {s.model.dim}, depth {s.model.depth}, patch {s.model.patch_size}, "
+        f"{zoo.pretrain_record.get('num_parameters')} parameters. Fine-tuning: {s.finetune.steps} steps, batch "
+        f"{s.finetune.batch_size}, AdamW lr {s.finetune.lr}, heads frozen (linear probes of the pretrained backbone).\n",
+        "Numbers are test accuracy (%). **Avg** = mean over tasks; **Norm.** = mean over tasks of merged / "
+        "individually fine-tuned accuracy. Each method's `scaling` (and MDA's `etf_side`, `etf_over`, `polar`) "
+        "is chosen on the validation split.\n",
+        "## Summary\n",
+        comparison_table(results),
+        "\n### MDA compared with TSV-M, Iso-CTS and task arithmetic\n",
+        "\n".join(mda_verdict(results)) + "\n",
+        "\n### MDA options that won on validation\n",
+        "\n".join(mda_defaults(results)) + "\n",
+    ]
+    for suite, res in results.items():
+        parts += [f"\n## {suite} ({len(res.tasks)} tasks)\n", markdown_table(res),
+                  "\nChosen on validation:\n", chosen_params_table(res)]
+        mda = mda_options_table(res)
+        if mda:
+            parts += ["\nMDA option search (best scaling of each option set, validation average %):\n", mda]
+    parts += ["\n## Zoo build\n", zoo_tables(zoo, list(results), builds)]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", default=",".join(DEFAULT_SUITES))
+    parser.add_argument("--methods", default="data-free")
+    parser.add_argument("--cache", default=None, help="cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--val-limit", type=int, default=None)
+    parser.add_argument("--out", default="docs/results.md")
+    args = parser.parse_args(argv)
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
+    zoo = Zoo((Path(args.cache).expanduser() if args.cache else default_cache_dir()) / "zoo")
+    started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    start = time.perf_counter()
+    results, builds = build_and_bench(suites, args.methods, zoo, args.device, args.val_limit, log=print)
+    text = render(results, zoo, builds, started, time.perf_counter() - start)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    (out.with_suffix(".json")).write_text(json.dumps({s: r.to_dict() for s, r in results.items()}, indent=1) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
