@@ -196,12 +196,13 @@ class ScaledMerge:
     is not linear in its scaling), every merge is computed in full instead.
     """
 
-    def __init__(self, base: dict, finetuned: list[dict], method: str, params: dict, device: str, seed: int):
+    def __init__(self, base: dict, finetuned: list[dict], method: str, params: dict, device: str, seed: int,
+                 verified: bool = False):
         self.base, self.finetuned, self.method, self.params = base, finetuned, method, params
         self.device, self.seed = device, seed
         self.has_scaling = any(p.name == "scaling" for p in get_method(method).params)
         self._unit = None
-        self._checked = not self.has_scaling
+        self._checked = verified or not self.has_scaling
         self.linear = self.has_scaling
 
     def _merge(self, **extra) -> dict[str, torch.Tensor]:
@@ -366,12 +367,14 @@ def _data_free_row(
         option_sets = [{**extra, **dict(zip(keys, combo))} for combo in itertools.product(*MDA_OPTIONS.values())]
     trials: list[Trial] = []
     best: tuple[float, dict, float | None] | None = None
+    verified = False  # linearity in the scaling, checked on the first option set only
     for opts in option_sets:
-        scaled = ScaledMerge(base, finetuned, name, opts, device, seed)
+        scaled = ScaledMerge(base, finetuned, name, opts, device, seed, verified=verified)
         if tuned_scaling:
             s, val, tried = search_scaling(scaled, scaling_grid(name), val_score, opts)
             trials += tried
             candidate = (val, opts, s)
+            verified = scaled.linear
         else:
             val = val_score(scaled(extra.get("scaling"))) if search else float("nan")
             candidate = (val, opts, None)
@@ -382,7 +385,8 @@ def _data_free_row(
     assert best is not None
     val, opts, s = best
     params = {**opts, **({"scaling": s} if s is not None else {})}
-    final = ScaledMerge(base, finetuned, name, opts, device, seed)(s if s is not None else extra.get("scaling"))
+    final = ScaledMerge(base, finetuned, name, opts, device, seed, verified=verified)(
+        s if s is not None else extra.get("scaling"))
     acc = evaluate_backbone(final, zoo, tasks, "test", device)
     return Row(name, "data-free", acc, params=params, val_average=None if math.isnan(val) else val, trials=trials)
 

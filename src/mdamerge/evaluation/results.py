@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="data-free")
     parser.add_argument("--cache", default=None, help="cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--val-limit", type=int, default=None)
+    parser.add_argument("--val-limit", type=int, default=250, help="validation examples per task in the search (0: all)")
     parser.add_argument("--out", default="docs/results.md")
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     zoo = Zoo((Path(args.cache).expanduser() if args.cache else default_cache_dir()) / "zoo")
     started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     start = time.perf_counter()
-    results, builds = build_and_bench(suites, args.methods, zoo, args.device, args.val_limit, log=print)
+    results, builds = build_and_bench(suites, args.methods, zoo, args.device, args.val_limit or None, log=print)
     text = render(results, zoo, builds, started, time.perf_counter() - start)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
