@@ -38,10 +38,12 @@ ADAPTIVE = ["adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda
 VARIANTS = [
     ("mda_ta", {"rotation_lr": 1e-4}),
     ("mda_ta", {"rotation_lr": 1e-5}),
-    ("mda_ta", {"rotate_about_mean": True}),
-    ("mda_ta", {"procrustes_momentum": 0.95}),
+    ("mda_ta", {"alpha": 0.0}),
     ("mda_ta", {"alpha": 0.0, "beta": 0.0}),
     ("mda_ta", {"use_entropy": False}),
+    ("mda_ta", {"pseudo_labels": "finetuned"}),
+    ("mda_ta", {"rotate_about_mean": True}),
+    ("mda_ta", {"procrustes_momentum": 0.95}),
 ]
 # FusionBench's table uses 1.5 for Iso-C / Iso-CTS; every other method its default.
 DATA_FREE_PARAMS = {"iso_c": {"scaling": 1.5}, "iso_cts": {"scaling": 1.5}}

@@ -424,3 +424,15 @@ def test_result_folder_round_trip(problem, tmp_path):
     assert loaded["task.1"].center is None and loaded["task.0"].center is not None
     with pytest.raises(MergeError, match="already exists"):
         save_adaptive_result(result, out)
+
+
+def test_finetuned_pseudo_labels_come_from_the_task_model(problem):
+    task, x, idx = problem.tasks[2], problem.unlabeled[problem.tasks[2]][:16], torch.arange(16)
+    aligner = make_aligner(problem, pseudo_labels="finetuned", beta=0.0)
+    comps = aligner.task_loss(task, idx, x, aligner.space.parameters(aligner.coefficients()))
+    feats = aligner.space.forward(aligner.space.parameters(aligner.coefficients()), x) @ aligner.rotations[task].matrix().T
+    ft_feats = functional_call(problem.module, problem.finetuned[task], (x,))
+    expected = etf_alignment_loss(feats, problem.heads[task](ft_feats), aligner.prototypes[task])
+    assert comps["etf"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(MergeError, match="pseudo_labels"):
+        make_aligner(problem, pseudo_labels="oracle")

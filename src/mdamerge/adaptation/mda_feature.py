@@ -42,6 +42,7 @@ from .problem import AdaptationProblem
 from .rotations import PARAMETRISATIONS, FixedRotation, Rotation, procrustes_from_cross_covariance
 
 INITS = ("mda", "ta", "am")
+PSEUDO_LABELS = ("merged", "finetuned")
 DEFAULT_CLAMP = {"mda": None, "ta": (0.0, 1.0), "am": (0.0, 1.0)}
 
 
@@ -66,6 +67,7 @@ class FeatureAligner(CoefficientTrainer):
         procrustes_momentum: float = 0.0,
         gap_per_dim: bool = True,
         rotate_about_mean: bool = False,
+        pseudo_labels: str = "merged",
         **kwargs: Any,
     ):
         super().__init__(problem, space, init_coefficients, **kwargs)
@@ -83,6 +85,9 @@ class FeatureAligner(CoefficientTrainer):
         self.procrustes_momentum = float(procrustes_momentum)
         self.gap_per_dim = bool(gap_per_dim)
         self.rotate_about_mean = bool(rotate_about_mean)
+        if pseudo_labels not in PSEUDO_LABELS:
+            raise MergeError(f"pseudo_labels must be one of {list(PSEUDO_LABELS)}, got {pseudo_labels!r}")
+        self.pseudo_labels = pseudo_labels
         self._centers: dict[str, torch.Tensor] = {}
         self._cross: dict[str, torch.Tensor] = {}
         if not (self.use_entropy or self.alpha > 0 or self.beta > 0):
@@ -177,7 +182,11 @@ class FeatureAligner(CoefficientTrainer):
         if self.use_entropy:
             components["entropy"] = shannon_entropy(logits)
         if self.alpha > 0:
-            components["etf"] = etf_alignment_loss(rotated, logits, self.prototypes[task], center=self.etf_center)
+            if self.pseudo_labels == "finetuned":  # the task's own model labels the batch: a fixed target
+                label_logits = self.heads[task](self.finetuned_features(task, indices, inputs))
+            else:
+                label_logits = logits
+            components["etf"] = etf_alignment_loss(rotated, label_logits, self.prototypes[task], center=self.etf_center)
         if self.beta > 0:
             merged, finetuned = features.detach(), self.finetuned_features(task, indices, inputs)
             if self.rotate_about_mean:  # a rotation about the mean: align the centred point clouds
@@ -219,6 +228,7 @@ def mda_feature_alignment(
     procrustes_momentum: float = 0.0,
     gap_per_dim: bool = True,
     rotate_about_mean: bool = False,
+    pseudo_labels: str = "merged",
     clamp: Any = "default",
     batch_size: int = 16,
     ta_init: float = 0.3,
@@ -273,6 +283,7 @@ def mda_feature_alignment(
         problem, space, init_coefficients, alpha=alpha, beta=beta, use_entropy=use_entropy,
         use_rotation=use_rotation, rotation=rotation, rotation_lr=rotation_lr, etf_center=etf_center,
         procrustes_momentum=procrustes_momentum, gap_per_dim=gap_per_dim, rotate_about_mean=rotate_about_mean,
+        pseudo_labels=pseudo_labels,
         lr=lr, clamp=clamp, batch_size=batch_size, seed=seed, device=device, progress=progress,
     )
     trainer.method_name = f"mda-{init}" + ("" if use_rotation else "-norot")
@@ -282,7 +293,7 @@ def mda_feature_alignment(
         "alpha": trainer.alpha, "beta": trainer.beta, "use_entropy": trainer.use_entropy,
         "use_rotation": trainer.use_rotation, "rotation": rotation, "rotation_lr": trainer.rotation_lr,
         "procrustes_momentum": trainer.procrustes_momentum, "gap_per_dim": trainer.gap_per_dim,
-        "rotate_about_mean": trainer.rotate_about_mean,
+        "rotate_about_mean": trainer.rotate_about_mean, "pseudo_labels": trainer.pseudo_labels,
         "feature_dim": trainer.feature_dim, "seconds": time.perf_counter() - start,
     })
     return trainer.result(dict(problem.base), info)
