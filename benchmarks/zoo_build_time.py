@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from mdamerge.zoo.build import Zoo
 from mdamerge.zoo.tasks import SUITES
@@ -29,19 +28,18 @@ def main() -> None:
     parser.add_argument("--suite", default="tasks8", choices=sorted(SUITES))
     parser.add_argument("--cache", default=None, help="cache folder to build into (default: a fresh temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary cache")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: what the load leaves free)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     root = Path(args.cache).expanduser() if args.cache else Path(tempfile.mkdtemp(prefix="mdamerge-zoo-"))
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     zoo = Zoo(root / "zoo")
-    timings = zoo.build(args.suite, progress=True)
+    timings = zoo.build(args.suite, progress=True, threads=args.threads)
     wall = time.perf_counter() - start
     report = {
         "suite": args.suite, "tasks": len(SUITES[args.suite]), "wall_seconds": round(wall, 1),
-        "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "torch_threads": torch.get_num_threads(),
+        "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "threads_per_stage": {"pretrained": zoo.pretrain_record.get("threads"),
+                              **{t: zoo.records[t].get("threads") for t in SUITES[args.suite]}},
         "cpus": os.cpu_count(), "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
         "finetuned_test_accuracy": {t: zoo.records[t]["finetuned"]["test"] for t in SUITES[args.suite]},
         "pretrained_test_accuracy": {t: zoo.records[t]["pretrained"]["test"] for t in SUITES[args.suite]},

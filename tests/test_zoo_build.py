@@ -67,3 +67,18 @@ def test_corrupt_index_is_reported(tmp_path):
     (tmp_path / "zoo.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(CheckpointError, match="has format 99"):
         Zoo(tmp_path)
+
+
+def test_cpu_threads_sets_and_restores(monkeypatch):
+    from mdamerge.zoo import finetune
+
+    before = torch.get_num_threads()
+    with finetune.cpu_threads(1) as n:
+        assert n == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with finetune.cpu_threads(1, device="cuda"):
+        assert torch.get_num_threads() == before  # only CPU work is affected
+    monkeypatch.setattr(finetune.os, "getloadavg", lambda: (100.0, 0.0, 0.0))
+    assert finetune.auto_threads() == 1
+    monkeypatch.setattr(finetune.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert finetune.auto_threads() == min(before, finetune.os.cpu_count())

@@ -24,6 +24,7 @@ from ..engine import merge_state_dicts
 from ..errors import ConfigError, closest_hint
 from ..methods import available_methods, get_method
 from ..zoo.build import Zoo
+from ..zoo.finetune import cpu_threads
 from ..zoo.model import TinyViT
 from ..zoo.tasks import SUITES, resolve_tasks
 from .evaluate import average, evaluate_backbone, evaluate_model, normalized
@@ -230,22 +231,26 @@ class ScaledMerge:
 
 def search_scaling(
     scaled: ScaledMerge, grid: Sequence[float], score: Callable[[dict], float], fixed: dict[str, Any],
+    prefer: float = 1.0,
 ) -> tuple[float, float, list[Trial]]:
-    """Best scaling on validation, widening the grid while the best value sits on its edge."""
+    """Best scaling on validation, widening the grid while the best value sits on its edge.
+
+    Ties go to the value closest to ``prefer`` (the method's default).
+    """
     values = sorted(set(grid))
     scores: dict[float, float] = {}
     for _ in range(MAX_EDGE_EXTENSIONS + 1):
         for s in values:
             if s not in scores:
                 scores[s] = score(scaled(s))
-        best = max(values, key=lambda s: (scores[s], -abs(s - 1.0)))
+        best = max(values, key=lambda s: (scores[s], -abs(s - prefer)))
         if best == values[-1]:
             values.append(round(values[-1] * 1.3, 4))
         elif best == values[0] and values[0] > 0.02:
             values.insert(0, round(values[0] * 0.6, 4))
         else:
             break
-    best = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)))
+    best = max(scores, key=lambda s: (scores[s], -abs(s - prefer)))
     trials = [Trial({**fixed, "scaling": s}, scores[s]) for s in sorted(scores)]
     return best, scores[best], trials
 
@@ -274,14 +279,23 @@ def run_bench(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
+    threads: int | None = None,
 ) -> BenchResult:
     """Benchmark ``methods`` on a suite of the zoo; builds missing zoo models when ``build``.
 
     ``search=False`` uses each method's defaults instead of validating the scaling (and
     MDA's options). ``val_limit`` caps the validation examples per task during the
     search. ``method_options[name]`` passes extra keyword arguments to a method (e.g.
-    ``{"adamerging": {"steps": 200}}``). Results go to ``out_dir`` when given.
+    ``{"adamerging": {"steps": 200}}``). Results go to ``out_dir`` when given. ``threads``:
+    torch threads on CPU (default: as many as the machine's load leaves free).
     """
+    with cpu_threads(threads, device):
+        return _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, build, progress, log,
+                          method_options)
+
+
+def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, build, progress, log,
+               method_options) -> BenchResult:
     say = log or (lambda _msg: None)
     suite_name = suite if isinstance(suite, str) and suite in SUITES else "custom"
     tasks = resolve_tasks(suite if isinstance(suite, str) else list(suite))
@@ -294,7 +308,7 @@ def run_bench(
         if not build:
             raise ConfigError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")
         say(f"building the zoo for {len(missing)} task(s) in {zoo.root} ...")
-        zoo.build(tasks, progress=progress, device=device)
+        zoo.build(tasks, progress=progress, device=device, threads=torch.get_num_threads())
     options = method_options or {}
     start = time.perf_counter()
 
@@ -371,7 +385,8 @@ def _data_free_row(
     for opts in option_sets:
         scaled = ScaledMerge(base, finetuned, name, opts, device, seed, verified=verified)
         if tuned_scaling:
-            s, val, tried = search_scaling(scaled, scaling_grid(name), val_score, opts)
+            default = next(p.default for p in method.params if p.name == "scaling")
+            s, val, tried = search_scaling(scaled, scaling_grid(name), val_score, opts, prefer=default)
             trials += tried
             candidate = (val, opts, s)
             verified = scaled.linear

@@ -63,8 +63,9 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir):
 @click.option("--val-limit", type=int, default=250, show_default=True,
               help="Validation examples per task used by the search (0: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores the machine's load leaves free).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, quiet):
+def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, threads, quiet):
     """Merge the zoo's fine-tuned backbones with each method and print the accuracy table.
 
     Builds the zoo first if it is missing. Scaling factors (and MDA's options) are chosen
@@ -80,7 +81,8 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
     out = Path(out_dir) if out_dir else (Path(cache).expanduser() if cache else default_cache_dir()) / "results"
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_bench(task_selection(suite, tasks) if tasks else suite, methods, zoo=zoo, out_dir=out, device=device,
-                       search=not no_search, val_limit=val_limit or None, seed=seed, progress=not quiet, log=log)
+                       search=not no_search, val_limit=val_limit or None, seed=seed, progress=not quiet, log=log,
+                       threads=threads)
     click.echo(terminal_report(result))
     click.echo(f"saved {out / f'bench-{result.suite}.json'} and {out / f'bench-{result.suite}.md'}")
 

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..io.checkpoint import Checkpoint
 from ..io.writer import AtomicOutputDir
-from .finetune import TrainSettings, extract_features, finetune_backbone, fit_linear_head, head_accuracy, pretrain_backbone
+from .finetune import TrainSettings, cpu_threads, extract_features, finetune_backbone, fit_linear_head, head_accuracy, pretrain_backbone
 from .model import TinyViT, ViTConfig
 from .tasks import TaskData, load_task, pretraining_data, resolve_tasks
 
@@ -223,8 +223,16 @@ class Zoo:
     # -- building --------------------------------------------------------------------
     def build(
         self, tasks_or_suite: str | Iterable[str] = "tasks8", progress: bool = True, device: str = "cpu",
+        threads: int | None = None,
     ) -> dict[str, float]:
-        """Build whatever is missing for these tasks; returns seconds spent per stage."""
+        """Build whatever is missing for these tasks; returns seconds spent per stage.
+
+        ``threads``: torch threads on CPU (default: as many as the machine's load leaves free).
+        """
+        with cpu_threads(threads, device):
+            return self._build(tasks_or_suite, progress, device)
+
+    def _build(self, tasks_or_suite: str | Iterable[str], progress: bool, device: str) -> dict[str, float]:
         tasks = resolve_tasks(_as_names(tasks_or_suite))
         todo = [t for t in tasks if not self.is_built(t)]
         need_base = not self.has_base()
@@ -282,6 +290,7 @@ class Zoo:
             "final_loss": round(loss, 4),
             "train_size": len(data.train[1]),
             "seconds": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(),
         }
         self._state.setdefault("tasks", {})[task] = record
         self._save_state()
