@@ -204,7 +204,7 @@ def test_subset_of_tasks_and_of_test_images(clip_zoo):
     _, models, data = clip_zoo
     result = run_recipe("clip-vit-b32-tasks8", ["task_arithmetic"], model_root=models, data_root=data, tasks=["mnist", "dtd"],
                         max_per_task=4, include_baselines=False, method_params={"task_arithmetic": {"scaling": 0.5}},
-                        progress=False)
+                        image_threads=1, progress=False)
     assert list(result.rows) == ["task_arithmetic"] and result.tasks == ["mnist", "dtd"]
     assert result.samples == {"mnist": 4, "dtd": 4}
     assert result.parameters["task_arithmetic"] == {"scaling": 0.5}

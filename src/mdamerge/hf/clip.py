@@ -155,11 +155,30 @@ def zero_shot_head(model, tokenizer, task: str, device="cpu", batch_size: int = 
     return torch.nn.functional.normalize(feats, dim=-1)
 
 
-def _batches(dataset: ImageDataset, processor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(dataset), batch_size):
-        idx = range(start, min(start + batch_size, len(dataset)))
-        pixels = processor(images=[dataset.image(i) for i in idx], return_tensors="pt")["pixel_values"]
-        yield pixels, torch.tensor([dataset.labels[i] for i in idx])
+def _batches(dataset: ImageDataset, processor, batch_size: int, threads: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Preprocessed ``(pixel_values, labels)`` batches; with ``threads > 1`` images are decoded and
+    resized in a thread pool (PIL releases the GIL) while the previous batch is being encoded."""
+    def pixels(i: int) -> torch.Tensor:
+        return processor(images=[dataset.image(i)], return_tensors="pt")["pixel_values"][0]
+
+    starts = range(0, len(dataset), batch_size)
+    if threads <= 1:
+        for start in starts:
+            idx = range(start, min(start + batch_size, len(dataset)))
+            yield torch.stack([pixels(i) for i in idx]), torch.tensor([dataset.labels[i] for i in idx])
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        def submit(start):
+            idx = range(start, min(start + batch_size, len(dataset)))
+            return idx, [pool.submit(pixels, i) for i in idx]
+
+        pending = submit(starts[0]) if starts else None
+        for next_start in [*starts[1:], None]:
+            idx, futures = pending
+            pending = submit(next_start) if next_start is not None else None
+            yield torch.stack([f.result() for f in futures]), torch.tensor([dataset.labels[i] for i in idx])
 
 
 class ZeroShotEvaluator:
@@ -169,7 +188,7 @@ class ZeroShotEvaluator:
     (``load_vision``) and classifies a task's test split.
     """
 
-    def __init__(self, base_path: str | Path, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, base_path: str | Path, device: str = "cpu", batch_size: int = 64, threads: int = 1):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         self.device = torch.device(device)
@@ -177,6 +196,7 @@ class ZeroShotEvaluator:
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         self.processor = CLIPImageProcessor.from_pretrained(base_path)
         self.batch_size = batch_size
+        self.threads = threads
         self.heads: dict[str, torch.Tensor] = {}
         self.pretrained_vision = {f"{VISION_PREFIX}{k}": v.detach().clone()
                                   for k, v in self.model.vision_model.state_dict().items()}
@@ -199,7 +219,7 @@ class ZeroShotEvaluator:
         """``(predicted, true)`` labels of the loaded image encoder on ``dataset``."""
         head = self.head(dataset.task)
         preds, trues = [], []
-        for pixels, labels in _batches(dataset, self.processor, self.batch_size):
+        for pixels, labels in _batches(dataset, self.processor, self.batch_size, self.threads):
             pooled = self.model.vision_model(pixel_values=pixels.to(self.device)).pooler_output
             emb = torch.nn.functional.normalize(self.model.visual_projection(pooled).float(), dim=-1)
             preds.append((emb @ head.T).argmax(-1).cpu())

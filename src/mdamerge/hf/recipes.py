@@ -190,6 +190,7 @@ def run_recipe(
     tasks: Sequence[str] | None = None,
     method_params: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 64,
+    image_threads: int | None = None,
     max_per_task: int | None = None,
     include_baselines: bool = True,
     workers: int = 1,
@@ -205,7 +206,8 @@ def run_recipe(
     ``model_root``/``data_root`` default to ``$MDAMERGE_MODEL_ROOT``/``$MDAMERGE_DATA_ROOT``
     (then the Hugging Face cache alone).
     ``tasks`` restricts the recipe to some of its tasks; ``max_per_task`` evaluates a
-    seeded random subset of each test split. Everything is read offline; if anything is
+    seeded random subset of each test split; ``image_threads`` decode and preprocess images
+    in parallel (default: up to 8). Everything is read offline; if anything is
     missing, a :class:`~mdamerge.errors.MergeError` lists each missing model and dataset
     and where it was looked for. With ``out_dir``, each merged vision tower is saved as
     ``out_dir/<method>/`` (a ``CLIPVisionModel`` folder) and the table as
@@ -231,7 +233,8 @@ def run_recipe(
                          + " -- on a machine with internet access fetch them with `hf download` "
                          f"(`python -m mdamerge.hf.recipes {name} --check` lists the commands; see docs/real_models.md)")
     splits = {t: _subsample(inputs.datasets[t], max_per_task, seed) for t in task_list}
-    evaluator = ZeroShotEvaluator(inputs.base, device=device, batch_size=batch_size)
+    threads = image_threads if image_threads is not None else min(8, os.cpu_count() or 1)
+    evaluator = ZeroShotEvaluator(inputs.base, device=device, batch_size=batch_size, threads=threads)
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
 
