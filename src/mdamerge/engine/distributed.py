@@ -10,7 +10,8 @@ same mdamerge installed.
 Results are byte-identical to the single-process merge: a tensor is computed by the
 same code on the same inputs, and each task runs torch with the driver's thread count
 (some LAPACK kernels, e.g. the SVD, round differently with different thread counts).
-That holds when the nodes run the same torch build on the same kind of CPU/GPU.
+That holds when the nodes run the same torch build on the same kind of CPU/GPU. With
+``--device cuda`` each task asks Ray for one GPU.
 
 ``ray`` is optional: ``pip install 'mdamerge[ray]'``.
 """
@@ -93,6 +94,8 @@ def portable_engine(engine):
     clone.base = _portable(engine.base)
     clone.models = [_portable(m) for m in engine.models]
     clone.progress = False
+    if clone.device.type == "cuda":  # a Ray task sees only the GPU it was given, as cuda:0
+        clone.device = torch.device("cuda")
     return clone
 
 
@@ -159,11 +162,12 @@ class RayExecutor:
         engine_ref = ray.put(portable_engine(engine))
         state_ref = ray.put(state)
         threads = torch.get_num_threads()
+        remote = self._remote.options(num_gpus=1) if engine.device.type == "cuda" else self._remote
         pending: deque = deque()
         window = self._window()
         try:
             for batch in batches:
-                pending.append((batch, self._remote.remote(engine_ref, batch, state_ref, threads)))
+                pending.append((batch, remote.remote(engine_ref, batch, state_ref, threads)))
                 if len(pending) >= window:
                     yield from self._collect(*pending.popleft())
             while pending:
