@@ -71,7 +71,7 @@ def test_entropy_decreases_over_a_short_adamerging_run(zoo):
     tasks = zoo_build.resolve_tasks(SUITE)
     start = ADAPTIVE_METHODS["adamerging_layer"](zoo, SUITE, steps=0, progress=False)
     trained = ADAPTIVE_METHODS["adamerging_layer"](zoo, SUITE, steps=25, lr=2e-2, max_unlabeled=128, progress=False)
-    assert entropy_on(zoo, trained.state_dict, tasks) < entropy_on(zoo, start.state_dict, tasks) - 0.01
+    assert entropy_on(zoo, trained.state_dict, tasks) < entropy_on(zoo, start.state_dict, tasks) - 0.1
 
 
 def test_unknown_option_and_unbuilt_task_are_clear_errors(zoo):
