@@ -370,7 +370,7 @@ def test_non_finite_merge_leaves_no_output(lora_zoo, tmp_path):
     f = random_factors(5)
     f["layers.0.attn"][1][0, 0] = float("nan")
     write_adapter(tmp_path / "nan", f)
-    with pytest.raises(MergeError, match=r"non-finite values for 'layers\.0\.attn\.weight'"):
+    with pytest.raises(CheckpointError, match=r"nan: the LoRA factors of 'layers\.0\.attn\.weight' contain NaN"):
         merge_lora(lora_zoo["base_dir"], [lora_zoo["dirs"][0], tmp_path / "nan"], tmp_path / "out", "task_arithmetic",
                    progress=False)
     assert not (tmp_path / "out").exists()

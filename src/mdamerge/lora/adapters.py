@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.core import all_finite
 from ..errors import CheckpointError
 from ..io.checkpoint import Checkpoint
 
@@ -148,6 +149,8 @@ class LoraAdapter:
         mod = self.modules[target]
         a = self.weights.get(mod.a_key).to(device=device, dtype=dtype)
         b = self.weights.get(mod.b_key).to(device=device, dtype=dtype)
+        if not (all_finite(a) and all_finite(b)):
+            raise CheckpointError(f"{self.path}: the LoRA factors of '{target}' contain NaN or Inf values")
         if mod.kind in TRANSPOSED_KINDS:
             return mod.scale * a.mT, b.mT
         return mod.scale * b, a

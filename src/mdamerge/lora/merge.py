@@ -41,7 +41,7 @@ import yaml
 from safetensors.torch import save_file
 
 from ..config import ParameterResolver, parse_dtype
-from ..engine.core import resolve_device
+from ..engine.core import all_finite, resolve_device
 from ..errors import CheckpointError, ConfigError, MergeError
 from ..io.checkpoint import Checkpoint, TensorInfo
 from ..io.modelcard import model_card
@@ -237,7 +237,7 @@ class LoraMerger:
             return left @ right
         if target in adapter.full:
             full = adapter.full_tensor(target).to(self.device, torch.float32)
-            if not torch.isfinite(full).all():
+            if not all_finite(full):
                 raise CheckpointError(f"tensor '{target}' in {adapter.label} contains NaN or Inf values")
             return full - base
         return torch.zeros_like(base)
@@ -281,7 +281,7 @@ class LoraMerger:
                 factors = [self.adapters[t].factors(target, device=self.device) for t in present]
                 delta.left = torch.cat([f[0] for f in factors], 1)
                 delta.right = torch.cat([f[1] for f in factors], 0).mT
-        if not torch.isfinite(delta.dense).all():
+        if not all_finite(delta.dense):
             raise MergeError(f"method '{self.method.name}' produced non-finite values for '{target}' (check its parameters)")
         return delta
 
