@@ -130,13 +130,7 @@ class MergeConfig:
     def from_yaml(cls, path: str | Path) -> "MergeConfig":
         """Load and validate a YAML config file (``yaml.safe_load``)."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
-        return cls.from_dict(data, root=path.parent)
+        return cls.from_dict(read_yaml_file(path), root=path.parent)
 
     def to_dict(self) -> dict[str, Any]:
         """The config with every method parameter made explicit (defaults filled in)."""
@@ -160,6 +154,17 @@ class MergeConfig:
 def matches_any(name: str, patterns) -> bool:
     """True if ``name`` matches one of ``patterns`` as a glob or contains it as a substring."""
     return any(fnmatch.fnmatchcase(name, p) or p in name for p in patterns)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """``yaml.safe_load`` of a config file, with one-line errors for a missing file or bad YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
 
 
 def _resolve_path(value: str, root: Path | None) -> str:

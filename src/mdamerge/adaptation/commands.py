@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from ..errors import ConfigError, closest_hint
 
@@ -35,13 +34,10 @@ def load_adapt_config(path: str | Path) -> dict[str, Any]:
     """Read and validate an adapt config (``yaml.safe_load``)."""
     from .registry import ADAPTIVE_METHODS
 
+    from ..config import read_yaml_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: an adapt config must be a mapping")
     for key in data:
