@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from ..config import MergeConfig, ParameterResolver, matches_any, parse_dtype
-from ..errors import MergeError
 from ..io.modelcard import model_card
 from ..io.writer import AtomicOutputDir, ShardedWriter, copy_non_weight_files
 from ..methods import get_method
