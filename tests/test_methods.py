@@ -218,7 +218,11 @@ def ref_mda(taus, side="left", etf_over="directions", polar=True, spectrum="task
     U, S, V = [], [], []
     for tau in taus:
         u, s, vh = torch.linalg.svd(tau, full_matrices=False)
-        U.append(u[:, :k]); S.append(s[:k]); V.append(vh[:k].T)
+        u, v = u[:, :k], vh[:k].T
+        for i in range(k):  # documented sign convention: largest |entry| of u_i is positive
+            if u[u[:, i].abs().argmax(), i] < 0:
+                u[:, i], v[:, i] = -u[:, i], -v[:, i]
+        U.append(u); S.append(s[:k]); V.append(v)
     U, S, V = torch.cat(U, 1), torch.cat(S), torch.cat(V, 1)
     if polar:
         a, _, b = torch.linalg.svd(U, full_matrices=False); U = a @ b
@@ -254,6 +258,23 @@ def test_mda_options(polar, spectrum):
     taus = [f - base for f in fts]
     got = merged_delta("mda", base, fts, polar=polar, spectrum=spectrum, scaling=0.5, svd_dtype="float64", svd_solver="full")
     torch.testing.assert_close(got, ref_mda(taus, polar=polar, spectrum=spectrum, alpha=0.5), atol=1e-5, rtol=1e-4)
+
+
+def test_mda_does_not_depend_on_svd_sign_choices(monkeypatch):
+    """Flipping the sign of singular pairs (what another LAPACK or a GPU may return) changes nothing."""
+    from mdamerge.methods import linalg
+
+    base, fts = make((16, 12))
+    expected = merged_delta("mda", base, fts, svd_solver="full")
+    original = linalg.top_k_svd
+
+    def flipped(a, k, solver="auto", **kw):
+        u, s, vh = original(a, k, solver, **kw)
+        signs = torch.tensor([(-1.0) ** i for i in range(u.shape[1])], dtype=u.dtype)
+        return u * signs, s, vh * signs[:, None]
+
+    monkeypatch.setattr(linalg, "top_k_svd", flipped)
+    torch.testing.assert_close(merged_delta("mda", base, fts, svd_solver="full"), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_mda_rank_fraction_with_more_directions_than_rows():

@@ -154,11 +154,24 @@ def concatenated_task_subspace(
     """
     us, ss, vs = [], [], []
     for delta in deltas:
-        u, s, vh = top_k_svd(delta, k, solver)
+        u, s, vh = canonical_signs(*top_k_svd(delta, k, solver))
         us.append(u)
         ss.append(s)
         vs.append(vh.mT)
     return torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+
+
+def canonical_signs(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flip each singular pair so the largest-magnitude entry of its left vector is positive.
+
+    An SVD fixes each pair ``(u_i, v_i)`` only up to a joint sign. TSV-M is invariant to
+    it, but MDA's ETF step (``U M_K`` subtracts the mean direction) is not, so without a
+    convention the result would depend on the LAPACK build or device.
+    """
+    rows = u.abs().argmax(0)
+    signs = torch.sign(u[rows, torch.arange(u.shape[1], device=u.device)])
+    signs[signs == 0] = 1
+    return u * signs, s, vh * signs[:, None]
 
 
 def rebuild(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
