@@ -137,6 +137,7 @@ def run_suite(zoo: Zoo, suite: str, args) -> dict:
     return {
         "suite": suite, "tasks": tasks, "rows": rows, "rank_sweep": sweep,
         "peak_rss_mb": peak_rss_mb(),
+        "zoo_fingerprint": zoo.settings.fingerprint(),
         "settings": {"steps": args.steps, "max_unlabeled": args.max_unlabeled, "max_eval": args.max_eval,
                      "device": args.device, "seed": args.seed, "threads": torch.get_num_threads()},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
@@ -201,7 +202,8 @@ def render(results: dict) -> str:
             "",
             f"`{suite_command(r)}`",
             "",
-            f"{r['date']}, {r['machine']}. Data-based methods: **{s['steps']} steps** (FusionBench: 1000), batch 16 per",
+            f"{r['date']}, {r['machine']}, zoo settings {r.get('zoo_fingerprint', '?')} (`ZooSettings.fingerprint()`)."
+            f" Data-based methods: **{s['steps']} steps** (FusionBench: 1000), batch 16 per",
             f"task, unlabeled inputs = test images{' (first ' + str(s['max_unlabeled']) + ' per task)' if s['max_unlabeled'] else ''};"
             f" evaluation on {'the first ' + str(s['max_eval']) if s['max_eval'] else 'all'} test images per task."
             f" Peak memory of the whole run (all methods): {r.get('peak_rss_mb', 0):.0f} MB.",
@@ -250,6 +252,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--variants", action="store_true", help="also run MDA-TA's rotation-setting variants")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rebuild the Markdown page from the JSON store (recording the zoo's settings fingerprint where missing)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results_adaptive.md"))
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
@@ -263,6 +267,13 @@ def main(argv=None) -> None:
     store = out.with_suffix(".json")
     results = json.loads(store.read_text()) if store.exists() else {}
     zoo = Zoo(args.zoo_root)
+    if args.render_only:
+        for entry in results.values():
+            entry.setdefault("zoo_fingerprint", zoo.settings.fingerprint())
+        store.write_text(json.dumps(results, indent=1) + "\n")
+        out.write_text(render(results))
+        print(f"wrote {out}")
+        return
     for suite in [s for s in args.suites.split(",") if s]:
         results[suite] = run_suite(zoo, suite, args)
         store.write_text(json.dumps(results, indent=1) + "\n")  # after each suite: a crash keeps what is done
