@@ -242,3 +242,23 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     res = runner.invoke(main, ["bench", "--recipe", "clip", "--methods", "tsv,mda", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0 and "recipe table" in res.output
     assert seen == {"name": "clip", "methods": "tsv,mda", "out_dir": str(tmp_path / "r"), "device": "cpu"}
+
+
+def test_results_page_rerenders_from_json_and_embeds_the_data_based_page(cache, result, tmp_path):
+    from mdamerge.evaluation import results as results_mod
+    from mdamerge.evaluation.tables import pct
+
+    out = tmp_path / "results.md"
+    with pytest.raises(SystemExit, match="results.json not found"):
+        results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
+    saved = {"started": "2026-01-01 00:00", "seconds": 60.0, "builds": {},
+             "suites": {SUITE: result.to_dict()}}
+    out.with_suffix(".json").write_text(json.dumps(saved))
+    (tmp_path / "results_adaptive.md").write_text("# Data-based page\n\nintro\n\n## tiny3 (3 tasks)\n\n| x |\n")
+    results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
+    text = out.read_text()
+    assert "## Summary" in text and f"| TSV-M | {pct(result.row('tsv').average)} |" in text
+    assert "## Data-based methods" in text and "\n### tiny3 (3 tasks)\n" in text and "# Data-based page" not in text
+    (tmp_path / "results_adaptive.md").unlink()
+    results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
+    assert "results_adaptive.md is missing" in out.read_text()

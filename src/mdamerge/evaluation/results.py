@@ -115,7 +115,29 @@ def zoo_tables(zoo: Zoo, suites, builds: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float) -> str:
+ADAPTIVE_PAGE = "results_adaptive.md"
+ADAPTIVE_COMMAND = "python benchmarks/adaptive_results.py --suites tasks8,tasks14,tasks20 --threads 1"
+
+
+def data_based_section(adaptive_page: Path) -> str:
+    """The data-based results page (written by benchmarks/adaptive_results.py), headings demoted one level.
+
+    Embedded rather than linked so that ``docs/results.md`` holds every table; a missing page
+    is reported in its place, with the command that makes it.
+    """
+    intro = (f"\n## Data-based methods (AdaMerging, MDA feature alignment)\n\n"
+             f"Copied from [{ADAPTIVE_PAGE}]({ADAPTIVE_PAGE}), which `{ADAPTIVE_COMMAND}` regenerates "
+             "(then `make results` or `python -m mdamerge.evaluation.results --render-only` refreshes this page). "
+             "Its data-free rows use the published default hyperparameters, not the validation search above.\n")
+    if not adaptive_page.is_file():
+        return intro + f"\n_Not generated yet: {adaptive_page} is missing._\n"
+    lines = adaptive_page.read_text().splitlines()
+    body = [("#" + line if line.startswith("#") else line) for line in lines[1:]]
+    return intro + "\n".join(body) + "\n"
+
+
+def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float,
+           adaptive_page: Path | None = None) -> str:
     s = zoo.settings
     parts = [
         "# Benchmark results (offline zoo)\n",
@@ -144,6 +166,8 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         if mda:
             parts += ["\nMDA option search (best scaling of each option set, validation average %):\n", mda]
     parts += ["\n## Zoo build\n", zoo_tables(zoo, list(results), builds)]
+    if adaptive_page is not None:
+        parts.append(data_based_section(adaptive_page))
     return "\n".join(parts)
 
 
@@ -155,21 +179,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--val-limit", type=int, default=250, help="validation examples per task in the search (0: all)")
     parser.add_argument("--out", default="docs/results.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rebuild the page from the saved JSON (e.g. after the data-based page changed)")
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
     zoo = Zoo((Path(args.cache).expanduser() if args.cache else default_cache_dir()) / "zoo")
+    out = Path(args.out)
+    adaptive_page = out.parent / ADAPTIVE_PAGE
+    if args.render_only:
+        rerender(out, zoo, adaptive_page)
+        return
     started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     start = time.perf_counter()
     results, builds = build_and_bench(suites, args.methods, zoo, args.device, args.val_limit or None, log=print)
-    text = render(results, zoo, builds, started, time.perf_counter() - start)
-    out = Path(args.out)
+    seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    (out.with_suffix(".json")).write_text(json.dumps({s: r.to_dict() for s, r in results.items()}, indent=1) + "\n")
+    saved = {"started": started, "seconds": round(seconds, 1), "builds": builds,
+             "suites": {s: r.to_dict() for s, r in results.items()}}
+    out.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
+    out.write_text(render(results, zoo, builds, started, seconds, adaptive_page))
     print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def rerender(out: Path, zoo: Zoo, adaptive_page: Path) -> None:
+    """Rewrite ``out`` from its JSON without benchmarking again."""
+    saved_path = out.with_suffix(".json")
+    if not saved_path.is_file():
+        raise SystemExit(f"error: {saved_path} not found; run without --render-only first")
+    saved = json.loads(saved_path.read_text())
+    if "suites" not in saved:
+        raise SystemExit(f"error: {saved_path} predates --render-only (no 'suites' key); run without it")
+    results = {s: BenchResult.from_dict(r) for s, r in saved["suites"].items()}
+    out.write_text(render(results, zoo, saved["builds"], saved["started"], saved["seconds"], adaptive_page))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
