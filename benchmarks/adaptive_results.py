@@ -34,16 +34,20 @@ from mdamerge.zoo.tasks import resolve_tasks
 ROOT = Path(__file__).resolve().parent.parent
 DATA_FREE = ["average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda"]
 ADAPTIVE = ["adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot"]
-# Sensitivity of MDA-TA to the rotation settings (--variants); labels say what changed.
+# Sensitivity of MDA-TA to the loss / rotation settings (--variants); labels say what changed from
+# the defaults (docs/feature_alignment.md). The first row is the formulation before the
+# anti-collapse changes: no diversity term, R_t from the identity, per-batch Procrustes target,
+# ||R - R*||^2 / d, rotation lr = lr.
 VARIANTS = [
+    ("mda_ta", {"diversity": 0.0, "rotation_init": "identity", "procrustes_momentum": 0.0, "gap_per_dim": True, "rotation_lr": 1e-3}),
+    ("mda_ta", {"diversity": 0.0}),
+    ("mda_ta", {"rotation_init": "identity"}),
     ("mda_ta", {"rotation_lr": 1e-4}),
-    ("mda_ta", {"rotation_lr": 1e-5}),
+    ("mda_ta", {"beta": 5.0}),
     ("mda_ta", {"alpha": 0.0}),
-    ("mda_ta", {"alpha": 0.0, "beta": 0.0}),
-    ("mda_ta", {"use_entropy": False}),
     ("mda_ta", {"pseudo_labels": "finetuned"}),
-    ("mda_ta", {"rotate_about_mean": True}),
-    ("mda_ta", {"procrustes_momentum": 0.95}),
+    ("mda_ta", {"use_rotation": False}),
+    ("adamerging_layer", {"init": 0.125}),
 ]
 # FusionBench's table uses 1.5 for Iso-C / Iso-CTS; every other method its default.
 DATA_FREE_PARAMS = {"iso_c": {"scaling": 1.5}, "iso_cts": {"scaling": 1.5}}

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from mdamerge.adaptation import AdaptationProblem, MergedParameterSpace, UnlabeledBatches, adamerging, mda_feature_alignment
 from mdamerge.adaptation.adamerging import CoefficientTrainer
-from mdamerge.adaptation.losses import etf_alignment_loss, etf_prototypes, rotation_gap, shannon_entropy
+from mdamerge.adaptation.losses import etf_alignment_loss, etf_prototypes, marginal_entropy, rotation_gap, shannon_entropy
 from mdamerge.adaptation.mda_feature import FeatureAligner
 from mdamerge.adaptation.rotations import FixedRotation, Rotation, orthogonality_error, special_procrustes
 from mdamerge.errors import CheckpointError, MergeError
@@ -277,6 +277,10 @@ def gradients_of(aligner, task, idx, x, switch_off=()):
 
 
 def make_aligner(problem, **kw):
+    # the term-by-term tests below use the plain formulation unless a test asks otherwise:
+    # no diversity term, rotations from the identity, the per-batch Procrustes target, gap / d
+    for key, value in (("diversity", 0.0), ("rotation_init", "identity"), ("procrustes_momentum", 0.0), ("gap_per_dim", True)):
+        kw.setdefault(key, value)
     taus = problem.task_vectors()
     space = MergedParameterSpace(problem.module, problem.base, taus, "layer")
     aligner = FeatureAligner(problem, space, torch.full(space.coefficient_shape(), 0.3), progress=False, **kw)
@@ -436,3 +440,97 @@ def test_finetuned_pseudo_labels_come_from_the_task_model(problem):
     assert comps["etf"].item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(MergeError, match="pseudo_labels"):
         make_aligner(problem, pseudo_labels="oracle")
+
+
+# -- anti-collapse (information maximisation) and the Procrustes start ----------------
+def test_marginal_entropy_is_the_entropy_of_the_mean_prediction():
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    assert marginal_entropy(logits).item() == pytest.approx(math.log(3), rel=1e-6)  # balanced: maximal
+    assert marginal_entropy(logits[[0, 0, 0]]).item() < 0.1  # everything on one class: near 0
+
+
+def _collapse_run(diversity, steps=300):
+    """A rotation of 3-D features trained on entropy (- diversity * marginal entropy) before a fixed head.
+
+    The features share a large common offset; turning that offset onto one head row makes every
+    prediction confident and of that class -- what plain entropy minimisation does."""
+    k, n = 3, 60
+    ang = torch.arange(k) * 2 * math.pi / k
+    dirs = torch.stack([ang.cos(), ang.sin(), torch.zeros(k)], 1)
+    y = torch.arange(n) % k
+    f = torch.tensor([1.0, 0.0, 3.0]) + dirs[y] + 0.1 * torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    head = nn.Linear(3, k)
+    with torch.no_grad():
+        head.weight.copy_(2 * dirs)
+        head.bias.zero_()
+    rot = Rotation(3)
+    with torch.no_grad():
+        rot.raw.copy_(0.01 * torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))
+    opt = torch.optim.Adam(rot.parameters(), lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = head(rot(f))
+        (shannon_entropy(logits) - diversity * marginal_entropy(logits)).backward()
+        opt.step()
+    with torch.no_grad():
+        pred = head(rot(f)).argmax(-1)
+    return float((pred == y).float().mean()), torch.bincount(pred, minlength=k)
+
+
+def test_diversity_term_prevents_the_collapse_of_entropy_minimisation():
+    acc_plain, counts_plain = _collapse_run(0.0)
+    acc_im, counts_im = _collapse_run(1.0)
+    assert counts_plain.min() == 0 and acc_plain < 0.7  # a class disappears: collapse
+    assert counts_im.min() >= 15 and acc_im > 0.95  # spread over the classes and still right
+
+
+def test_diversity_switch_removes_its_term(problem):
+    task = problem.tasks[0]
+    x, idx = problem.unlabeled[task][:16], torch.arange(16)
+    on = make_aligner(problem, diversity=0.5)
+    comps, (g_coef, g_rot) = gradients_of(on, task, idx, x)
+    feats = on.space.forward(on.space.parameters(on.coefficients()), x) @ on.rotations[task].matrix().T
+    assert comps["diversity"].item() == pytest.approx(marginal_entropy(on.heads[task](feats)).item(), rel=1e-5)
+    assert comps["total"].item() == pytest.approx(
+        comps["entropy"].item() - 0.5 * comps["diversity"].item() + 0.8 * comps["etf"].item() + 0.2 * comps["procrustes"].item(), rel=1e-5)
+    off = make_aligner(problem, diversity=0.0)
+    comps0, (g_coef0, g_rot0) = gradients_of(off, task, idx, x, switch_off=("diversity",))
+    assert comps0["total"].item() == pytest.approx(comps["total"].item() + 0.5 * comps["diversity"].item(), rel=1e-5)
+    assert not torch.allclose(g_rot0, g_rot, atol=1e-6)
+    with pytest.raises(MergeError, match="diversity"):
+        make_aligner(problem, diversity=-1.0)
+
+
+def test_rotations_start_at_the_procrustes_solution(problem):
+    aligner = make_aligner(problem, rotation_init="procrustes", init_samples=40, procrustes_momentum=0.9)
+    params = aligner.space.parameters(aligner.coefficients())
+    for task in problem.tasks:
+        x = problem.unlabeled[task][:40]
+        merged = functional_call(problem.module, {**params, **aligner.space.buffers}, (x,))
+        # the fine-tuned model's parameters with the base's buffers, as everywhere in the library
+        finetuned = functional_call(problem.module, {**problem.finetuned[task], **aligner.space.buffers}, (x,))
+        expected = special_procrustes(merged.detach(), finetuned.detach())
+        r = aligner.rotations[task].start  # make_aligner then perturbs the learned factor
+        assert torch.allclose(r, expected, atol=1e-5)
+        assert orthogonality_error(r.double()) < 1e-5 and torch.linalg.det(r.double()).item() == pytest.approx(1.0, abs=1e-5)
+        # the running Procrustes target starts from the same cross-covariance
+        assert torch.allclose(aligner._cross[task], finetuned.double().mT @ merged.double() / 40, atol=1e-6)
+    identity = make_aligner(problem, rotation_init="identity")
+    assert all(r.start is None for r in identity.rotations.values())
+    result = mda_feature_alignment(problem, init="ta", steps=0, rotation_init="identity", progress=False)
+    assert all(torch.equal(t.matrix, torch.eye(FEAT)) for t in result.feature_transforms.values())
+    with pytest.raises(MergeError, match="rotation_init"):
+        make_aligner(problem, rotation_init="random")
+
+
+def test_rotation_with_a_start_stays_special_orthogonal():
+    start = random_rotation(5, 11).float()
+    rot = Rotation(5, start=start)
+    assert torch.allclose(rot.matrix(), start)
+    opt = torch.optim.Adam(rot.parameters(), lr=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        (rot.matrix() - torch.randn(5, 5, generator=torch.Generator().manual_seed(2))).pow(2).sum().backward()
+        opt.step()
+    r = rot.matrix().detach().double()
+    assert orthogonality_error(r) < 1e-5 and torch.linalg.det(r).item() == pytest.approx(1.0, abs=1e-5)

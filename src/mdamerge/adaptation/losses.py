@@ -2,6 +2,8 @@
 
 * :func:`shannon_entropy` -- AdaMerging's objective: the mean entropy (nats) of the
   merged model's predicted class distribution.
+* :func:`marginal_entropy` -- entropy of the batch-mean prediction (the diversity
+  term of information maximisation; subtracted from the loss).
 * :func:`etf_prototypes` / :func:`etf_alignment_loss` -- pull each (rotated) feature
   towards the simplex-ETF prototype of its pseudo-label.
 * :func:`rotation_gap` -- ``||R - R*||_F^2 / d``, distance of a learned rotation from
@@ -20,6 +22,17 @@ def shannon_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``-sum_k p_k log p_k`` with ``p = softmax(logits)``."""
     log_p = F.log_softmax(logits, dim=-1)
     return -(log_p.exp() * log_p).sum(-1).mean()
+
+
+def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the batch-mean prediction ``p_bar = mean_i softmax(logits_i)``.
+
+    Information maximisation (SHOT, Liang et al. 2020) minimises ``mean_i H(p_i) - H(p_bar)``:
+    confident predictions that are nevertheless spread over the classes. Subtracting this
+    term is what stops entropy minimisation from collapsing onto a few classes.
+    """
+    p_bar = F.softmax(logits, dim=-1).mean(0)
+    return -(p_bar * p_bar.clamp_min(1e-12).log()).sum()
 
 
 def etf_prototypes(head_weight: torch.Tensor, seed: int = 0) -> torch.Tensor:

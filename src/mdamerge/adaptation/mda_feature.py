@@ -14,15 +14,22 @@ On top, each task ``t`` gets a rotation ``R_t in SO(d)`` of the backbone feature
 The loss summed over tasks is
 
     L_t = H(softmax(head_t(R_t f(x))))                       entropy (AdaMerging's term)
+        - gamma * H(mean_i softmax(head_t(R_t f(x_i))))         diversity (information maximisation; our addition)
         + alpha * mean_i (1 - cos(R_t f_i - c, m_{t, yhat_i}))  ETF alignment, pseudo-labels yhat
-        + beta  * ||R_t - R_t*||_F^2 / d                        Procrustes pull
+        + beta  * ||R_t - R_t*||_F^2                            Procrustes pull (``gap_per_dim``: / d)
+
+``R_t`` starts at the Procrustes solution of the starting merge (``rotation_init``), the
+target ``R_t*`` is computed from a running cross-covariance (``procrustes_momentum``
+0.99) and the rotations are trained at ``rotation_lr`` 1e-5: without these, entropy
+under a free rotation collapses the predictions (docs/feature_alignment.md, "Observed
+behaviour").
 
 where ``m_{t,k}`` are simplex-ETF prototypes matched to the head's classes
 (:func:`~mdamerge.adaptation.losses.etf_prototypes`) and ``R_t*`` is the special
 orthogonal Procrustes rotation taking the merged features of the batch onto the
 fine-tuned model's features of the same inputs. ``use_rotation=False`` fixes
 ``R_t = I`` and drops the Procrustes term (the "without rotation" ablation);
-``alpha=0``, ``beta=0`` or ``use_entropy=False`` remove the other terms. A removed
+``alpha=0``, ``beta=0``, ``diversity=0`` or ``use_entropy=False`` remove the other terms. A removed
 term is never computed: it is logged as 0 and contributes no gradient.
 The full statement is in docs/feature_alignment.md.
 """
@@ -35,14 +42,19 @@ from typing import Any, Mapping
 import torch
 from ..engine import merge_state_dicts
 from ..errors import MergeError
-from .adamerging import AdaptiveResult, CoefficientTrainer, adamerging, check_clamp
+from .adamerging import AdaptiveResult, CoefficientTrainer, adamerging, check_clamp, check_positive_int
 from .functional import MergedParameterSpace, mergeable_names
-from .losses import etf_alignment_loss, etf_prototypes, rotation_gap, shannon_entropy
+from .losses import etf_alignment_loss, etf_prototypes, marginal_entropy, rotation_gap, shannon_entropy
 from .problem import AdaptationProblem
 from .rotations import PARAMETRISATIONS, FixedRotation, Rotation, procrustes_from_cross_covariance
 
 INITS = ("mda", "ta", "am")
 PSEUDO_LABELS = ("merged", "finetuned")
+ROTATION_INITS = ("procrustes", "identity")
+# Adam moves each of the d^2 generator entries by about the learning rate per step, so the
+# rotation angle grows like lr * steps * sqrt(d): 1e-3 (the coefficients' rate) turns the
+# features by far more than the Procrustes rotation that maps them onto the fine-tuned ones.
+DEFAULT_ROTATION_LR = 1e-5
 DEFAULT_CLAMP = {"mda": None, "ta": (0.0, 1.0), "am": (0.0, 1.0)}
 
 
@@ -64,20 +76,28 @@ class FeatureAligner(CoefficientTrainer):
         rotation: str = "expm",
         rotation_lr: float | None = None,
         etf_center: bool = True,
-        procrustes_momentum: float = 0.0,
-        gap_per_dim: bool = True,
+        procrustes_momentum: float = 0.99,
+        gap_per_dim: bool = False,
         rotate_about_mean: bool = False,
         pseudo_labels: str = "merged",
+        diversity: float = 1.0,
+        rotation_init: str = "procrustes",
+        init_samples: int = 512,
         **kwargs: Any,
     ):
         super().__init__(problem, space, init_coefficients, **kwargs)
-        if alpha < 0 or beta < 0:
-            raise MergeError(f"alpha and beta must be >= 0, got alpha={alpha!r}, beta={beta!r}")
+        if alpha < 0 or beta < 0 or diversity < 0:
+            raise MergeError(f"alpha, beta and diversity must be >= 0, got alpha={alpha!r}, beta={beta!r}, diversity={diversity!r}")
+        if rotation_init not in ROTATION_INITS:
+            raise MergeError(f"rotation_init must be one of {list(ROTATION_INITS)}, got {rotation_init!r}")
         if rotation not in PARAMETRISATIONS:
             raise MergeError(f"rotation must be one of {list(PARAMETRISATIONS)}, got {rotation!r}")
         self.alpha = float(alpha)
         self.beta = float(beta) if use_rotation else 0.0
         self.use_entropy = bool(use_entropy)
+        self.diversity = float(diversity)
+        self.rotation_init = rotation_init
+        self.init_samples = check_positive_int("init_samples", init_samples)
         self.use_rotation = bool(use_rotation)
         self.etf_center = etf_center
         if not 0.0 <= procrustes_momentum < 1.0:
@@ -92,14 +112,16 @@ class FeatureAligner(CoefficientTrainer):
         self._cross: dict[str, torch.Tensor] = {}
         if not (self.use_entropy or self.alpha > 0 or self.beta > 0):
             raise MergeError("every loss term is switched off: enable use_entropy, alpha > 0 or beta > 0")
-        self.rotation_lr = float(rotation_lr) if rotation_lr is not None else self.lr
+        self.rotation_lr = float(rotation_lr) if rotation_lr is not None else DEFAULT_ROTATION_LR
         self.feature_dim = self._feature_dim()
         # a plain dict: task names may contain dots, which nn.ModuleDict rejects
+        self._ft_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        starts = self._procrustes_starts() if self.use_rotation and rotation_init == "procrustes" else {}
         self.rotations: dict[str, Rotation] = (
-            {t: Rotation(self.feature_dim, rotation).to(self.device) for t in problem.tasks} if self.use_rotation else {}
+            {t: Rotation(self.feature_dim, rotation, starts.get(t)).to(self.device) for t in problem.tasks}
+            if self.use_rotation else {}
         )
         self.prototypes = {t: self._prototypes(t, i) for i, t in enumerate(problem.tasks)} if self.alpha > 0 else {}
-        self._ft_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- setup -------------------------------------------------------------
     def _feature_dim(self) -> int:
@@ -111,6 +133,35 @@ class FeatureAligner(CoefficientTrainer):
         if features.ndim != 2:
             raise MergeError(f"the backbone must return (B, d) features, got shape {tuple(features.shape)}")
         return features.shape[1]
+
+    def _procrustes_starts(self) -> dict[str, torch.Tensor]:
+        """``R_t*`` of the starting merge on (up to) ``init_samples`` unlabeled inputs per task.
+
+        The rotations start there instead of at the identity; the cross-covariance also
+        seeds the running target of ``procrustes_momentum`` (and, with
+        ``rotate_about_mean``, the running feature mean), so the Procrustes target is
+        determined in all ``d`` directions from the first step.
+        """
+        starts = {}
+        with torch.no_grad():
+            params = self.space.parameters(self.coefficients())
+            for task in self.problem.tasks:
+                n = min(self.init_samples, len(self.problem.unlabeled[task]))
+                merged, finetuned = [], []
+                for lo in range(0, n, 256):
+                    idx = torch.arange(lo, min(lo + 256, n))
+                    x = self.problem.unlabeled[task][idx].to(self.device)
+                    x = x.float() if x.is_floating_point() else x
+                    merged.append(self.space.forward(params, x).float())
+                    finetuned.append(self.finetuned_features(task, idx, x))
+                merged, finetuned = torch.cat(merged), torch.cat(finetuned)
+                if self.rotate_about_mean:
+                    self._centers[task] = merged.mean(0)
+                    merged, finetuned = merged - merged.mean(0), finetuned - finetuned.mean(0)
+                cross = finetuned.double().mT @ merged.double() / n
+                self._cross[task] = cross
+                starts[task] = procrustes_from_cross_covariance(cross).float()
+        return starts
 
     def _prototypes(self, task: str, index: int) -> torch.Tensor:
         weight = getattr(self.heads[task], "weight", None)
@@ -178,9 +229,11 @@ class FeatureAligner(CoefficientTrainer):
         else:
             rotated = features
         logits = self.heads[task](rotated)
-        components = {"entropy": zero, "etf": zero, "procrustes": zero}
+        components = {"entropy": zero, "diversity": zero, "etf": zero, "procrustes": zero}
         if self.use_entropy:
             components["entropy"] = shannon_entropy(logits)
+        if self.diversity > 0:
+            components["diversity"] = marginal_entropy(logits)
         if self.alpha > 0:
             if self.pseudo_labels == "finetuned":  # the task's own model labels the batch: a fixed target
                 label_logits = self.heads[task](self.finetuned_features(task, indices, inputs))
@@ -194,7 +247,8 @@ class FeatureAligner(CoefficientTrainer):
             target = self.procrustes_target(task, merged, finetuned)
             components["procrustes"] = rotation_gap(rotation, target, self.gap_per_dim)
         components["total"] = (
-            components["entropy"] + self.alpha * components["etf"] + self.beta * components["procrustes"]
+            components["entropy"] - self.diversity * components["diversity"]
+            + self.alpha * components["etf"] + self.beta * components["procrustes"]
         )
         return components
 
@@ -225,10 +279,13 @@ def mda_feature_alignment(
     use_rotation: bool = True,
     rotation: str = "expm",
     etf_center: bool = True,
-    procrustes_momentum: float = 0.0,
-    gap_per_dim: bool = True,
+    procrustes_momentum: float = 0.99,
+    gap_per_dim: bool = False,
     rotate_about_mean: bool = False,
     pseudo_labels: str = "merged",
+    diversity: float = 1.0,
+    rotation_init: str = "procrustes",
+    init_samples: int = 512,
     clamp: Any = "default",
     batch_size: int = 16,
     ta_init: float = 0.3,
@@ -283,7 +340,7 @@ def mda_feature_alignment(
         problem, space, init_coefficients, alpha=alpha, beta=beta, use_entropy=use_entropy,
         use_rotation=use_rotation, rotation=rotation, rotation_lr=rotation_lr, etf_center=etf_center,
         procrustes_momentum=procrustes_momentum, gap_per_dim=gap_per_dim, rotate_about_mean=rotate_about_mean,
-        pseudo_labels=pseudo_labels,
+        pseudo_labels=pseudo_labels, diversity=diversity, rotation_init=rotation_init, init_samples=init_samples,
         lr=lr, clamp=clamp, batch_size=batch_size, seed=seed, device=device, progress=progress,
     )
     trainer.method_name = f"mda-{init}" + ("" if use_rotation else "-norot")
@@ -294,6 +351,7 @@ def mda_feature_alignment(
         "use_rotation": trainer.use_rotation, "rotation": rotation, "rotation_lr": trainer.rotation_lr,
         "procrustes_momentum": trainer.procrustes_momentum, "gap_per_dim": trainer.gap_per_dim,
         "rotate_about_mean": trainer.rotate_about_mean, "pseudo_labels": trainer.pseudo_labels,
+        "diversity": trainer.diversity, "rotation_init": trainer.rotation_init if trainer.use_rotation else None,
         "feature_dim": trainer.feature_dim, "seconds": time.perf_counter() - start,
     })
     return trainer.result(dict(problem.base), info)

@@ -37,22 +37,30 @@ def rotation_from_skew(s: torch.Tensor, parametrisation: str = "expm") -> torch.
 
 
 class Rotation(nn.Module):
-    """A learnable rotation ``R in SO(d)``, initialised at the identity.
+    """A learnable rotation ``R in SO(d)``: ``R = R_0 phi(A - A^T)`` with ``A = 0`` at start.
+
+    ``R_0`` (``start``, a fixed rotation; the identity by default) is where it starts;
+    ``phi`` is the exponential map or the Cayley transform. ``R_0`` and ``phi(.)`` are
+    both special orthogonal, so is their product.
 
     ``forward(features)`` rotates row vectors: ``features @ R^T`` (i.e. ``R f`` for each
     feature column vector ``f``).
     """
 
-    def __init__(self, dim: int, parametrisation: str = "expm"):
+    def __init__(self, dim: int, parametrisation: str = "expm", start: torch.Tensor | None = None):
         super().__init__()
         if parametrisation not in PARAMETRISATIONS:
             raise ValueError(f"unknown rotation parametrisation {parametrisation!r}; choose from {PARAMETRISATIONS}")
+        if start is not None and tuple(start.shape) != (dim, dim):
+            raise ValueError(f"start rotation must be {dim} x {dim}, got {tuple(start.shape)}")
         self.parametrisation = parametrisation
         self.raw = nn.Parameter(torch.zeros(dim, dim))
+        self.register_buffer("start", None if start is None else start.detach().float().clone())
 
     def matrix(self) -> torch.Tensor:
         """The current rotation matrix (differentiable in ``raw``)."""
-        return rotation_from_skew(skew(self.raw), self.parametrisation)
+        r = rotation_from_skew(skew(self.raw), self.parametrisation)
+        return r if self.start is None else self.start @ r
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.matrix().mT
