@@ -55,11 +55,13 @@ class ZooSettings:
         default_factory=lambda: TrainSettings(steps=500, batch_size=128, lr=1e-3, weight_decay=0.05, warmup=0.05)
     )
     pretrain_images: int = 40000
-    finetune: TrainSettings = field(default_factory=lambda: TrainSettings(steps=300, batch_size=64, lr=3e-4))
+    finetune: TrainSettings = field(default_factory=lambda: TrainSettings(steps=300, batch_size=64, lr=2e-4))
     probe_steps: int = 300
     # Heads are few-shot linear probes (this many training examples per class) of the pretrained
     # backbone: like CLIP's zero-shot heads they are clearly weaker than fine-tuning. None = all.
-    probe_shots: int | None = 16
+    # Fewer shots widen the gap but make the fine-tuned task vectors interfere so much that
+    # no merge beats the pretrained model; 64 keeps both effects visible.
+    probe_shots: int | None = 64
     max_train: int | None = None  # cap on each task's training split (small CI zoos)
     data_seed: int = 0
 
