@@ -58,6 +58,11 @@ DEFAULT_ROTATION_LR = 1e-5
 DEFAULT_CLAMP = {"mda": None, "ta": (0.0, 1.0), "am": (0.0, 1.0)}
 
 
+def cross_covariance(finetuned: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """``F^T M / n`` in float64: the matrix whose Procrustes rotation maps merged onto fine-tuned features."""
+    return finetuned.double().mT @ merged.double() / len(merged)
+
+
 class FeatureAligner(CoefficientTrainer):
     """Coefficients + per-task rotations trained on entropy, ETF alignment and the Procrustes pull."""
 
@@ -158,7 +163,7 @@ class FeatureAligner(CoefficientTrainer):
                 if self.rotate_about_mean:
                     self._centers[task] = merged.mean(0)
                     merged, finetuned = merged - merged.mean(0), finetuned - finetuned.mean(0)
-                cross = finetuned.double().mT @ merged.double() / n
+                cross = cross_covariance(finetuned, merged)
                 self._cross[task] = cross
                 starts[task] = procrustes_from_cross_covariance(cross).float()
         return starts
@@ -201,7 +206,7 @@ class FeatureAligner(CoefficientTrainer):
         """``R_t*``: Kabsch rotation of merged onto fine-tuned features -- of this batch alone
         (``procrustes_momentum = 0``), or of an exponential moving average of the batches'
         cross-covariances, which pins down all ``d`` directions once enough inputs were seen."""
-        cross = finetuned.double().mT @ merged.double() / len(merged)
+        cross = cross_covariance(finetuned, merged)
         if self.procrustes_momentum > 0:
             if task in self._cross:
                 cross = self.procrustes_momentum * self._cross[task] + (1 - self.procrustes_momentum) * cross

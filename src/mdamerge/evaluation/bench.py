@@ -372,9 +372,8 @@ def _data_free_row(
     name: str, base: dict, finetuned: list[dict], zoo: Zoo, tasks: list[str], device: str, seed: int, search: bool,
     val_score: Callable[[dict], float], extra: dict[str, Any],
 ) -> Row:
-    method = get_method(name)
-    has_scaling = any(p.name == "scaling" for p in method.params)
-    tuned_scaling = has_scaling and search and "scaling" not in extra
+    scaling_param = next((p for p in get_method(name).params if p.name == "scaling"), None)
+    tuned_scaling = scaling_param is not None and search and "scaling" not in extra
     option_sets = [extra]
     if name == "mda" and search and not (set(MDA_OPTIONS) & set(extra)):
         keys = list(MDA_OPTIONS)
@@ -385,8 +384,7 @@ def _data_free_row(
     for opts in option_sets:
         scaled = ScaledMerge(base, finetuned, name, opts, device, seed, verified=verified)
         if tuned_scaling:
-            default = next(p.default for p in method.params if p.name == "scaling")
-            s, val, tried = search_scaling(scaled, scaling_grid(name), val_score, opts, prefer=default)
+            s, val, tried = search_scaling(scaled, scaling_grid(name), val_score, opts, prefer=scaling_param.default)
             trials += tried
             candidate = (val, opts, s)
             verified = scaled.linear
