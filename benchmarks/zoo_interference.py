@@ -17,6 +17,7 @@ import argparse
 
 import torch
 
+from mdamerge.methods.linalg import rebuild, top_k_svd
 from mdamerge.zoo.build import Zoo
 from mdamerge.zoo.finetune import head_accuracy
 from mdamerge.zoo.model import TinyViT
@@ -31,10 +32,11 @@ GROUPS = {
 
 
 def low_rank(delta: torch.Tensor, rank: int) -> torch.Tensor:
+    """``delta`` truncated to its top ``rank`` singular triplets (tensors that are not 2-D, or too small, as they are)."""
     if delta.ndim != 2 or min(delta.shape) <= rank:
         return delta
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+    u, s, vh = top_k_svd(delta, rank, "full")
+    return rebuild(u, s, vh.mT)
 
 
 def main() -> None:
@@ -62,18 +64,19 @@ def main() -> None:
     def combine(coefs: dict, keep=lambda task, key: True) -> dict:
         return {k: base[k] + sum(c * taus[t][k] for t, c in coefs.items() if keep(t, k)) for k in base}
 
+    alone = {t: acc(combine({t: 1.0}), t) for t in names}  # the fine-tuned models
     print("1. rank-r truncation of every matrix of the task vector: accuracy (%)")
     for t in names:
         cells = [f"r={r}: {acc({k: base[k] + low_rank(taus[t][k], r) for k in base}, t):.1f}" for r in (4, 12, 24, 48)]
-        print(f"   {t}: pretrained {acc(base, t):.1f}, fine-tuned {acc(combine({t: 1.0}), t):.1f}, " + ", ".join(cells))
+        print(f"   {t}: pretrained {acc(base, t):.1f}, fine-tuned {alone[t]:.1f}, " + ", ".join(cells))
     print("2. theta_0 + s * tau: accuracy (%)")
     for t in names:
-        print(f"   {t}: " + ", ".join(f"s={s}: {acc(combine({t: s}), t):.1f}" for s in (0.25, 0.5, 0.75, 1.0)))
+        cells = [f"s={s}: {acc(combine({t: s}), t):.1f}" for s in (0.25, 0.5, 0.75)]
+        print(f"   {t}: " + ", ".join(cells) + f", s=1.0: {alone[t]:.1f}")
     print("3. two task vectors at full strength: accuracy on each (alone -> together)")
     for a, b in zip(names, names[1:]):
         both = combine({a: 1.0, b: 1.0})
-        print(f"   {a} + {b}: {acc(combine({a: 1.0}), a):.1f} -> {acc(both, a):.1f}, "
-              f"{acc(combine({b: 1.0}), b):.1f} -> {acc(both, b):.1f}")
+        print(f"   {a} + {b}: {alone[a]:.1f} -> {acc(both, a):.1f}, {alone[b]:.1f} -> {acc(both, b):.1f}")
     a, b = names[0], names[1]
     print(f"4. {a}'s fine-tuned model + {b}'s task vector in one parameter group: accuracy on {a} (%)")
     for group, member in GROUPS.items():
