@@ -6,8 +6,11 @@ line, ``error: ...``, with exit status 2 -- never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 import click
 
@@ -46,7 +49,7 @@ def main() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (created atomically).")
 @click.option("--device", default=None, help="Compute device, e.g. cpu, cuda, cuda:1 (default: config, else cpu).")
 @click.option("--dtype", default=None, help="Output dtype: float32, float16, bfloat16 (default: the base's).")
-@click.option("--workers", type=int, default=None, help="Tensors merged in parallel on this machine.")
+@click.option("--workers", type=int, default=None, help="Tensors merged in parallel on this machine (>= 1).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
@@ -55,18 +58,39 @@ def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_add
     """Merge the models that CONFIG (YAML) names into a Hugging Face folder."""
     from .engine import merge
 
-    if ray_address is not None:
-        from .engine.distributed import RayExecutor
+    with interrupts_as_errors(out_dir):
+        if ray_address is not None:
+            from .engine.distributed import RayExecutor
 
-        with RayExecutor(ray_address) as executor:
-            result = merge(config, out_dir, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet,
-                           executor=executor)
-    else:
-        result = merge(config, out_dir, device=device, dtype=dtype, workers=workers, overwrite=overwrite, progress=not quiet)
+            with RayExecutor(ray_address) as executor:
+                result = merge(config, out_dir, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet,
+                               executor=executor)
+        else:
+            result = merge(config, out_dir, device=device, dtype=dtype, workers=workers, overwrite=overwrite,
+                           progress=not quiet)
     click.echo(
         f"merged {result.merged} tensors ({result.copied} copied from the base) with '{result.method}' "
         f"in {result.seconds:.1f}s -> {result.out_dir} [{', '.join(result.shards)}]"
+        + (" (replaced the existing folder)" if result.replaced else "")
     )
+
+
+@contextlib.contextmanager
+def interrupts_as_errors(out_dir):
+    """SIGTERM is handled like SIGINT: both unwind the merge, so its partial output folder is
+    removed, and end in one line and exit status 2."""
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if str(exc) == "SIGTERM" else "SIGINT"
+        raise MergeError(f"interrupted by {name}; the partial output of {out_dir} was removed") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @main.command("methods")

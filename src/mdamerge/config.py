@@ -26,6 +26,7 @@ folder that holds the config file.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 import yaml
 
-from .errors import ConfigError, closest_hint
+from .errors import ConfigError, closest_hint, short_repr
 from .io.writer import DEFAULT_SHARD_SIZE, parse_size
 from .methods import get_method
 from .methods.base import MergeMethod
@@ -88,9 +89,11 @@ class MergeConfig:
         if len(self.models) < 2:
             raise ConfigError(f"merging needs at least 2 fine-tuned models, got {len(self.models)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
+            raise ConfigError(f"seed must be an integer, got {short_repr(self.seed)}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise ConfigError(f"workers must be a positive integer, got {short_repr(self.workers)}")
+        check_device_name(self.device)
+        check_weights(self.method, [m.weight for m in self.models])
         self.shard_size = parse_size(self.shard_size)
         if self.vocab_mismatch not in ("error", "shared"):
             raise ConfigError(f"vocab_mismatch must be 'error' or 'shared', got {self.vocab_mismatch!r}")
@@ -106,6 +109,7 @@ class MergeConfig:
         for key in ("method", "base_model", "models"):
             if key not in data:
                 raise ConfigError(f"config is missing '{key}'")
+        check_value_types(data)
         if not isinstance(data["models"], list):
             raise ConfigError("'models' must be a list of paths or {path, weight} mappings")
         models = [_model_spec(entry, i, root) for i, entry in enumerate(data["models"])]
@@ -162,9 +166,96 @@ def read_yaml_file(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    check_expanded_size(data, str(path))
+    return data
+
+
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_expanded_size(data: Any, where: str, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse YAML whose aliases expand to more than ``limit`` values, or refer to themselves.
+
+    ``yaml.safe_load`` shares aliased nodes, so a "billion laughs" document loads in
+    microseconds -- but anything that walks it (``str()``, a repr in an error message,
+    pattern matching) expands it exponentially. Sizes are counted with shared nodes
+    memoised, so this check itself stays linear in the document.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (list, dict)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(f"config {where} contains a YAML alias that refers to itself")
+        open_nodes.add(key)
+        total = 1
+        for child in value.values() if isinstance(value, dict) else value:
+            total += size(child)
+            if total > limit:
+                raise ConfigError(f"config {where} expands to more than {limit} values (YAML aliases?)")
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(data)
+    except RecursionError:
+        raise ConfigError(f"config {where} is nested too deeply") from None
+
+
+STRING_KEYS = ("method", "base_model", "device", "vocab_mismatch", "dtype")
+
+
+def check_value_types(data: dict[str, Any]) -> None:
+    """Names, paths and patterns must be strings: ``str()`` of a list would silently become a
+    pattern such as "['head', 'emb']" that matches nothing (or, for a YAML alias bomb, hang)."""
+    for key in STRING_KEYS:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {type(value).__name__} {short_repr(value)}")
+    exclude = data.get("exclude")
+    if exclude is not None and not isinstance(exclude, (str, list)):
+        raise ConfigError(f"'exclude' must be a pattern or a list of patterns, got {type(exclude).__name__}")
+    for i, pattern in enumerate(exclude if isinstance(exclude, list) else []):
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"exclude[{i}] must be a non-empty string pattern, got {type(pattern).__name__} {short_repr(pattern)}")
+    for i, entry in enumerate(data.get("models") or []):
+        path = entry.get("path") if isinstance(entry, dict) else entry
+        if not isinstance(path, (str, Path)):
+            raise ConfigError(f"models[{i}] path must be a string, got {type(path).__name__} {short_repr(path)}")
+
+
+def check_device_name(device: Any) -> None:
+    """A device string torch can parse (whether it is present is checked when merging)."""
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a string such as cpu, cuda or cuda:1, got {short_repr(device)}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device '{device}': expected cpu, cuda, cuda:N, mps or xpu") from None
+
+
+def check_weights(method: str, weights: list[float]) -> None:
+    """Model weights must be finite; a weighted mean needs a non-zero total."""
+    for i, weight in enumerate(weights):
+        if not math.isfinite(weight):
+            raise ConfigError(f"models[{i}].weight must be a finite number, got {weight}")
+    if method == "average" and sum(weights) == 0:
+        raise ConfigError("the model weights sum to 0, so their weighted mean ('average') is undefined")
 
 
 def _resolve_path(value: str, root: Path | None) -> str:
@@ -185,7 +276,7 @@ def _model_spec(entry: Any, index: int, root: Path | None) -> ModelSpec:
             raise ConfigError(f"unknown key '{key}' in models[{index}]" + closest_hint(str(key), MODEL_KEYS))
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ConfigError(f"models[{index}].weight must be a number, got {weight!r}")
+        raise ConfigError(f"models[{index}].weight must be a number, got {short_repr(weight)}")
     return ModelSpec(_resolve_path(str(entry["path"]), root), float(weight))
 
 
@@ -208,6 +299,9 @@ class ParameterResolver:
         for i, item in enumerate(value):
             if not isinstance(item, dict) or "value" not in item or set(item) - {"filter", "value"}:
                 raise ConfigError(f"parameter '{param.name}'[{i}] must be a mapping {{filter: ..., value: ...}}")
+            if item.get("filter") is not None and not isinstance(item["filter"], str):
+                raise ConfigError(f"parameter '{param.name}'[{i}].filter must be a string pattern, got "
+                                  f"{type(item['filter']).__name__} {short_repr(item['filter'])}")
             where = f" (filter {item.get('filter')!r})"
             rules.append((item.get("filter"), param.coerce(item["value"], where)))
         return rules
@@ -223,6 +317,10 @@ class ParameterResolver:
                         break
             self._cache[tensor_name] = resolved
         return self._cache[tensor_name]
+
+    def filters(self) -> list[tuple[str, str]]:
+        """``(parameter, filter pattern)`` for every filtered rule."""
+        return [(name, pattern) for name, rules in self._rules.items() for pattern, _ in rules if pattern is not None]
 
     def explicit(self) -> dict[str, Any]:
         """Every parameter, with the user's rules where given and the defaults otherwise."""

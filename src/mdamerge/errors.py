@@ -8,7 +8,9 @@ as-is without a traceback.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import reprlib
+import sys
+from typing import Any, Iterable
 
 
 class MergeError(ValueError):
@@ -21,6 +23,27 @@ class ConfigError(MergeError):
 
 class CheckpointError(MergeError):
     """A checkpoint is missing, unreadable, or inconsistent with the others."""
+
+
+class OutputError(MergeError):
+    """The output folder cannot be written (disk full, read-only, not a directory, ...)."""
+
+
+def warn(message: str) -> None:
+    """Print one ``warning: ...`` line on stderr (the run goes on)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = _SHORT_REPR.maxtuple = 4
+_SHORT_REPR.maxlevel = 2
+
+
+def short_repr(value: Any) -> str:
+    """A bounded ``repr`` for error messages: a huge or deeply nested value (a YAML alias
+    bomb) must not make the message itself expensive or long."""
+    return _SHORT_REPR.repr(value)
 
 
 def closest_hint(name: str, choices: Iterable[str]) -> str:

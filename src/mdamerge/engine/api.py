@@ -13,9 +13,10 @@ import yaml
 
 from ..config import MergeConfig, ParameterResolver, matches_any, parse_dtype
 from ..io.modelcard import model_card
-from ..io.writer import AtomicOutputDir, ShardedWriter, copy_non_weight_files
+from ..errors import MergeError, warn
+from ..io.writer import AtomicOutputDir, ShardedWriter, check_output_location, copy_planned_files, plan_non_weight_files, writing
 from ..methods import get_method
-from .core import MergeEngine
+from .core import MergeEngine, resolve_device
 from .sources import CheckpointSource, StateDictSource
 
 
@@ -29,6 +30,7 @@ class MergeResult:
     copied: int
     shards: list[str]
     seconds: float
+    replaced: bool = False  # an existing out_dir was replaced (overwrite=True)
 
 
 def _as_config(config: MergeConfig | dict | str | Path) -> MergeConfig:
@@ -58,36 +60,72 @@ def merge(
     and a ``README.md`` model card; it appears only once complete. ``executor``
     distributes the tensors (see :meth:`MergeEngine.run`), e.g. a
     :class:`~mdamerge.engine.distributed.RayExecutor`.
+
+    Everything that can be checked is checked before anything is written: the options,
+    that ``out_dir`` is not, does not contain and does not lie inside an input, and that
+    every file read resolves inside its model folder (see docs/safety.md). Write failures
+    (disk full, read-only) are a :class:`~mdamerge.errors.OutputError` and leave nothing.
     """
     cfg = _as_config(config)
     if dtype is not None:
         cfg.dtype = dtype
     out_dtype = parse_dtype(cfg.dtype)
+    workers = cfg.workers if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise MergeError(f"workers must be a positive integer, got {workers!r}")
+    compute_device = resolve_device(device or cfg.device)
+    inputs = [cfg.base_model, *(m.path for m in cfg.models)]
+    check_output_location(out_dir, inputs + ([config] if isinstance(config, (str, Path)) else []))
     start = time.perf_counter()
     base = CheckpointSource(cfg.base_model)
     models = [CheckpointSource(m.path) for m in cfg.models]
+    check_output_location(out_dir, [file for source in (base, *models) for file in source.checkpoint.files])
     engine = MergeEngine(
         base, models, cfg.method_impl, cfg.resolver.resolve,
         weights=[m.weight for m in cfg.models], excluded=cfg.excludes, out_dtype=out_dtype,
         vocab_mismatch=cfg.vocab_mismatch,
-        seed=cfg.seed, device=device or cfg.device, workers=workers or cfg.workers, progress=progress,
+        seed=cfg.seed, device=compute_device, workers=workers, progress=progress,
     )
-    with AtomicOutputDir(out_dir, overwrite=overwrite) as tmp:
-        writer = ShardedWriter(tmp, engine.plan.entries(), cfg.shard_size)
+    effective_exclude = warn_unmatched_patterns(cfg, engine.plan.names)
+    extra_files = plan_non_weight_files(Path(cfg.base_model)) if Path(cfg.base_model).is_dir() else []
+    output = AtomicOutputDir(out_dir, overwrite=overwrite)
+    with output as tmp:
+        with writing(out_dir):
+            writer = ShardedWriter(tmp, engine.plan.entries(), cfg.shard_size)
+
+        def write_tensor(name: str, tensor: torch.Tensor) -> None:
+            with writing(out_dir):
+                writer.write(name, tensor)
+
         try:
-            engine.run(writer.write, executor=executor)
+            engine.run(write_tensor, executor=executor)
         except BaseException:
             writer.abort()
             raise
-        writer.close()
-        if Path(cfg.base_model).is_dir():
-            copy_non_weight_files(Path(cfg.base_model), tmp)
-        explicit = cfg.to_dict()
-        (tmp / "merge_config.yaml").write_text(yaml.safe_dump(explicit, sort_keys=False))
-        stats = {"merged": len(engine.plan.merged), "copied": len(engine.plan.copied)}
-        (tmp / "README.md").write_text(model_card(explicit, cfg.method_impl.summary, stats))
+        stats = {"merged": len(engine.plan.merged), "copied": len(engine.plan.copied), "exclude": effective_exclude}
+        with writing(out_dir):
+            writer.close()
+            copy_planned_files(extra_files, tmp, out_dir)
+            explicit = cfg.to_dict()
+            (tmp / "merge_config.yaml").write_text(yaml.safe_dump(explicit, sort_keys=False))
+            (tmp / "README.md").write_text(model_card(explicit, cfg.method_impl.summary, stats))
     return MergeResult(Path(out_dir), cfg.method, stats["merged"], stats["copied"], writer.shard_files,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, replaced=output.replaced)
+
+
+def warn_unmatched_patterns(cfg: MergeConfig, names: Sequence[str]) -> list[str]:
+    """Warn (one line each) about ``exclude`` patterns and parameter filters that match no
+    tensor -- usually a typo -- and return the ``exclude`` patterns that do match."""
+    effective = []
+    for pattern in cfg.exclude:
+        if any(matches_any(name, [pattern]) for name in names):
+            effective.append(pattern)
+        else:
+            warn(f"exclude pattern '{pattern}' matches no tensor of the base model")
+    for param, pattern in cfg.resolver.filters():
+        if not any(matches_any(name, [pattern]) for name in names):
+            warn(f"filter '{pattern}' of parameter '{param}' matches no tensor of the base model")
+    return effective
 
 
 def merge_state_dicts(

@@ -10,6 +10,7 @@ releases the GIL in its kernels) while results are still delivered in order.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, MergeError, preview
+from ..errors import CheckpointError, MergeError, preview, short_repr
 from ..io.checkpoint import TensorInfo
 from ..methods.base import MergeMethod, TensorJob
 from .sources import TensorSource
@@ -39,23 +40,64 @@ class MergePlan:
         return [(n, self.output_info[n]) for n in self.names]
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Validate a device string; asking for CUDA without a GPU is a clear error, not a crash."""
-    dev = torch.device(device or "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MergeError(f"device '{device}' requested but no CUDA GPU is available (torch.cuda.is_available() is False)")
+    """Validate a device string; an unknown or absent device is a clear error, not a crash."""
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise MergeError(f"device must be a string such as cpu, cuda or cuda:1, got {short_repr(device)}")
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, ValueError, TypeError):
+        raise MergeError(f"unknown device '{device}': expected cpu, cuda, cuda:N, mps or xpu") from None
+    if dev.type not in DEVICE_TYPES:
+        raise MergeError(f"device '{device}' is not supported: expected cpu, cuda, cuda:N, mps or xpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MergeError(f"device '{device}' requested but no CUDA GPU is available (torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MergeError(f"device '{device}' requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    backend = getattr(torch.backends, "mps", None) if dev.type == "mps" else getattr(torch, "xpu", None)
+    if dev.type in ("mps", "xpu") and not (backend is not None and backend.is_available()):
+        raise MergeError(f"device '{device}' requested but it is not available on this machine")
     return dev
 
 
 VOCAB_RULES = ("error", "shared")
+# Name parts of input/output embeddings, for checkpoints without a config.json vocab_size.
+VOCAB_NAME_PART = re.compile(r"emb\w*|\w*_emb\w*|\w*embeddings?|wte|lm_head|shared|embed_out")
+
+
+def looks_like_vocabulary(name: str) -> bool:
+    """True for names such as ``embed_tokens.weight``, ``wte.weight``, ``lm_head.weight``."""
+    if name.startswith("output."):  # Meta's Llama layout names the LM head plainly 'output'
+        return True
+    return any(VOCAB_NAME_PART.fullmatch(part) for part in name.split(".")[:-1] or [name])
+
+
+def _vocab_pair(base: TensorSource, model: TensorSource, row_mismatches: dict[str, tuple[int, int]]) -> set[tuple[int, int]]:
+    """The (base rows, model rows) pairs that are vocabulary sizes: from config.json's
+    ``vocab_size`` where both have one, and from the mismatched tensors named like embeddings."""
+    pairs = set()
+    base_vocab, model_vocab = getattr(base, "vocab_size", None), getattr(model, "vocab_size", None)
+    if base_vocab and model_vocab:
+        pairs.add((base_vocab, model_vocab))
+    named = {rows for name, rows in row_mismatches.items() if looks_like_vocabulary(name)}
+    if len(named) == 1:  # several different "vocabularies" in one model: trust none of them
+        pairs |= named
+    return pairs
 
 
 def check_compatible(base: TensorSource, models: Sequence[TensorSource], vocab_mismatch: str = "error") -> dict[str, int]:
     """Every model must have the base's tensor names and shapes; floating tensors must stay floating.
 
-    With ``vocab_mismatch="shared"``, tensors whose shapes differ only in their first
-    dimension (embedding and output matrices of different vocabulary sizes) are allowed;
-    the returned mapping gives, for each, the number of leading rows all models share.
+    With ``vocab_mismatch="shared"``, vocabulary tensors (embedding and output matrices,
+    output biases) whose first dimension differs are allowed; the returned mapping gives,
+    for each, the number of leading rows all models share. A tensor counts as a vocabulary
+    tensor when its row counts are the two models' vocabulary sizes (``vocab_size`` in
+    config.json, or the rows of the mismatched embedding-named tensors); any other shape
+    mismatch -- an MLP with a different width -- stays an error.
     """
     if vocab_mismatch not in VOCAB_RULES:
         raise MergeError(f"vocab_mismatch must be one of {list(VOCAB_RULES)}, got {vocab_mismatch!r}")
@@ -74,6 +116,7 @@ def check_compatible(base: TensorSource, models: Sequence[TensorSource], vocab_m
             if extra:
                 parts.append(f"has {len(extra)} tensor(s) not in the base: {preview(extra)}")
             raise CheckpointError(f"{model.label}: " + "; ".join(parts))
+        row_mismatches: dict[str, tuple[int, int]] = {}
         for name in base.keys():
             if name not in keys:
                 continue
@@ -82,12 +125,19 @@ def check_compatible(base: TensorSource, models: Sequence[TensorSource], vocab_m
                 raise CheckpointError(f"dtype mismatch for '{name}': base {b.dtype} vs {m.dtype} in {model.label}")
             if b.shape == m.shape:
                 continue
-            rows_only = len(b.shape) == len(m.shape) >= 1 and b.shape[1:] == m.shape[1:]
-            if rows_only and vocab_mismatch == "shared":
-                shared_rows[name] = min(shared_rows.get(name, b.shape[0]), m.shape[0])
+            if len(b.shape) == len(m.shape) >= 1 and b.shape[1:] == m.shape[1:]:
+                row_mismatches[name] = (b.shape[0], m.shape[0])
                 continue
-            hint = " (vocabulary sizes differ: set vocab_mismatch: shared to merge the shared rows)" if rows_only else ""
-            raise CheckpointError(f"shape mismatch for '{name}': base {list(b.shape)} vs {list(m.shape)} in {model.label}{hint}")
+            raise CheckpointError(f"shape mismatch for '{name}': base {list(b.shape)} vs {list(m.shape)} in {model.label}")
+        vocab = _vocab_pair(base, model, row_mismatches)
+        for name, rows in row_mismatches.items():
+            where = f"shape mismatch for '{name}': base {list(base.info(name).shape)} vs {list(model.info(name).shape)} in {model.label}"
+            if rows not in vocab:
+                rule = " (not a vocabulary dimension, so vocab_mismatch: shared does not apply)" if vocab_mismatch == "shared" else ""
+                raise CheckpointError(where + rule)
+            if vocab_mismatch != "shared":
+                raise CheckpointError(where + " (vocabulary sizes differ: set vocab_mismatch: shared to merge the shared rows)")
+            shared_rows[name] = min(shared_rows.get(name, rows[0]), rows[1])
     return shared_rows
 
 
@@ -149,7 +199,9 @@ class MergeEngine:
             raise MergeError(f"got {len(self.weights)} weights for {len(self.models)} models")
         self.seed = seed
         self.device = resolve_device(device)
-        self.workers = max(1, int(workers))
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise MergeError(f"workers must be a positive integer, got {short_repr(workers)}")
+        self.workers = workers
         self.progress = progress
         self.shared_rows = check_compatible(base, self.models, vocab_mismatch)
         self.plan = make_plan(base, excluded, out_dtype)
@@ -158,17 +210,28 @@ class MergeEngine:
     # -- reading ----------------------------------------------------------------
     def _task_vectors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Base and task vectors of ``name`` in float32 -- only the shared rows where vocabularies differ."""
-        rows = self.shared_rows.get(name)
-        base = _checked(self.base.get(name)[:rows], name, self.base.label).to(self.device, torch.float32)
+        base = _checked(self._rows(self.base.get(name), name), name, self.base.label).to(self.device, torch.float32)
         deltas = []
         for model in self.models:
-            tensor = _checked(model.get(name)[:rows], name, model.label)
+            tensor = _checked(self._rows(model.get(name), name), name, model.label)
             deltas.append(tensor.to(self.device, torch.float32) - base)
         return base, deltas
+
+    def _rows(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """The shared vocabulary rows of ``tensor`` where vocabularies differ; else all of it
+        (never sliced then: a 0-dim tensor cannot be)."""
+        rows = self.shared_rows.get(name)
+        return tensor if rows is None else tensor[:rows]
+
+    def _is_empty(self, name: str) -> bool:
+        """A tensor with a zero-size dimension: nothing to merge, and SVD-based methods cannot."""
+        return any(d == 0 for d in self.plan.output_info[name].shape)
 
     def task_vector_stream(self) -> Iterator[tuple[str, list[torch.Tensor], list[float], dict]]:
         """``(name, tau_1..tau_T, weights, params)`` for every merged tensor, read fresh from disk."""
         for name in self.plan.merged:
+            if self._is_empty(name):
+                continue
             _, deltas = self._task_vectors(name)
             yield name, deltas, self.weights, self.params_for(name)
 
@@ -176,7 +239,7 @@ class MergeEngine:
     def merge_one(self, name: str, state) -> torch.Tensor:
         """The output tensor for ``name`` (on the CPU, in its output dtype)."""
         out_dtype = self.plan.output_info[name].dtype
-        if name in self._copied:
+        if name in self._copied or self._is_empty(name):
             return self.base.get(name).to(out_dtype)
         base, deltas = self._task_vectors(name)
         job = TensorJob(name, base, deltas, self.weights, self.params_for(name), self.seed, state)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from ..errors import CheckpointError
-from ..io.checkpoint import Checkpoint, TensorInfo
+from ..io.checkpoint import Checkpoint, TensorInfo, allowed_roots, is_inside
 
 
 class TensorSource(Protocol):
@@ -26,6 +28,7 @@ class CheckpointSource:
     def __init__(self, path: str):
         self.checkpoint = Checkpoint(path)
         self.label = str(path)
+        self.vocab_size = config_vocab_size(self.checkpoint.folder / "config.json")
 
     def keys(self) -> list[str]:
         return self.checkpoint.keys()
@@ -35,6 +38,27 @@ class CheckpointSource:
 
     def get(self, name: str) -> torch.Tensor:
         return self.checkpoint.get(name)
+
+
+def config_vocab_size(config_file: Path) -> int | None:
+    """``vocab_size`` from a Hugging Face config.json (top level or ``text_config``), if any.
+
+    Only a hint for telling vocabulary tensors apart (see ``check_compatible``): a file that
+    is missing or unreadable simply gives ``None``.
+    """
+    try:
+        if not is_inside(config_file.resolve(strict=True), allowed_roots(config_file.parent)):
+            return None  # a link out of the model folder: not read
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, RuntimeError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    for holder in (config, config.get("text_config")):
+        value = holder.get("vocab_size") if isinstance(holder, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class StateDictSource:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from safetensors import safe_open
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short_repr
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -165,33 +165,77 @@ def _load_torch_state_dict(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _weight_files(path: Path) -> list[Path]:
-    """The weight files of a checkpoint path, safetensors first."""
+    """The weight files of a checkpoint path, safetensors first.
+
+    For a folder, every file must resolve inside it (symlinks followed; a Hugging Face
+    cache snapshot may also point into its ``blobs``): an index or a link must not make
+    mdamerge read, and merge, a file the user did not name.
+    """
     if path.is_file():
         if path.suffix == ".safetensors" or path.suffix in TORCH_SUFFIXES:
             return [path]
-        raise CheckpointError(f"unsupported checkpoint file {path} (expected .safetensors, .bin, .pt or .pth)")
+        raise CheckpointError(f"unsupported checkpoint file {path} (expected .safetensors, .bin or .pt)")
     for index_name, suffix in (("model.safetensors.index.json", ".safetensors"), ("pytorch_model.bin.index.json", ".bin")):
         index = path / index_name
         if index.exists():
             return _files_from_index(index)
     safetensors = sorted(path.glob("*.safetensors"))
-    if safetensors:
-        return safetensors
     torch_files = sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES)
-    if torch_files:
-        return torch_files
-    raise CheckpointError(f"no weights found in {path} (expected *.safetensors, *.bin or *.pt)")
+    files = safetensors or torch_files
+    if not files:
+        raise CheckpointError(f"no weights found in {path} (expected *.safetensors, *.bin or *.pt)")
+    for file in files:
+        _check_inside(file, path, f"weight file {file.name}")
+    return files
 
 
 def _files_from_index(index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"malformed index {index}: {exc}") from None
-    files = []
-    for name in dict.fromkeys(weight_map.values()):
-        file = index.parent / name
-        if not file.exists():
-            raise CheckpointError(f"shard {file} listed in {index.name} is missing")
-        files.append(file)
-    return files
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(
+            f"malformed index {index}: 'weight_map' must map tensor names to shard file names, "
+            f"got {type(weight_map).__name__}"
+        )
+    files: dict[str, Path] = {}
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"malformed index {index}: entry '{tensor}' must name a shard file, got {short_repr(name)}")
+        if name not in files:
+            file = index.parent / name
+            _check_inside(file, index.parent, f"{index.name} entry '{tensor}' -> '{name}'")
+            if not file.is_file():
+                raise CheckpointError(f"shard {file} listed in {index.name} is missing")
+            files[name] = file
+    return list(files.values())
+
+
+def _check_inside(file: Path, folder: Path, what: str) -> None:
+    """Refuse a weight file that resolves outside its model folder."""
+    try:
+        real = file.resolve(strict=file.is_symlink())
+    except (OSError, RuntimeError):  # dangling link, or a symlink loop (RuntimeError before Python 3.13)
+        raise CheckpointError(f"{what} in {folder} is a dangling or looping symlink") from None
+    if not is_inside(real, allowed_roots(folder)):
+        raise CheckpointError(f"{what} in {folder} resolves to {real}, outside the model folder")
+
+
+def allowed_roots(folder: Path) -> list[Path]:
+    """Folders whose files belong to the model in ``folder``, symlinks resolved.
+
+    In a Hugging Face hub cache a snapshot folder (``.../snapshots/<rev>``) holds links to
+    ``.../blobs/<hash>``; those blobs belong to the model too.
+    """
+    real = Path(folder).resolve()
+    roots = [real]
+    if real.parent.name == "snapshots":
+        roots.append(real.parent.parent / "blobs")
+    return roots
+
+
+def is_inside(path: Path, roots: Sequence[Path]) -> bool:
+    """True if ``path`` (already resolved) is one of ``roots`` or lies below one."""
+    return any(path == root or path.is_relative_to(root) for root in roots)

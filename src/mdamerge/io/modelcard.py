@@ -11,6 +11,7 @@ from .. import __version__
 
 def model_card(config: dict[str, Any], summary: str, stats: dict[str, Any]) -> str:
     """Markdown model card: method, parameters, source models and what was merged."""
+    exclude = stats.get("exclude", config["exclude"])  # only the patterns that matched a tensor
     models = "\n".join(f"| `{m['path']}` | {m['weight']:g} |" for m in config["models"])
     params = yaml.safe_dump(config["parameters"], sort_keys=True).strip() or "{}"
     front = yaml.safe_dump({"library_name": "mdamerge", "tags": ["merge", "mdamerge", config["method"]],
@@ -27,7 +28,7 @@ Made with [mdamerge](https://pypi.org/project/mdamerge/) {__version__}: {summary
 - **Base model:** `{config['base_model']}`
 - **Seed:** {config['seed']}
 - **Output dtype:** {config['dtype'] or 'same as the base model'}
-- **Tensors:** {stats['merged']} merged, {stats['copied']} copied from the base{' (excluded: ' + ', '.join(config['exclude']) + ')' if config['exclude'] else ''}
+- **Tensors:** {stats['merged']} merged, {stats['copied']} copied from the base{' (excluded: ' + ', '.join(exclude) + ')' if exclude else ''}
 
 ## Source models
 

@@ -13,19 +13,30 @@ half-written behind.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import json
 import os
 import re
 import shutil
+import stat
 import struct
+import sys
 import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Sequence
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, stale partial folders are only named
+    fcntl = None
+
 import torch
 
-from ..errors import ConfigError, MergeError
-from .checkpoint import WEIGHT_SUFFIXES, TensorInfo
+from ..errors import ConfigError, MergeError, OutputError, short_repr, warn
+from .checkpoint import WEIGHT_SUFFIXES, TensorInfo, allowed_roots, is_inside
 
 DTYPE_CODES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -38,16 +49,19 @@ DEFAULT_SHARD_SIZE = 2 * 1000**3
 
 
 def parse_size(value: int | str) -> int:
-    """Bytes from an int or a string such as ``'2GB'``, ``'500MB'``, ``'1.5GiB'``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?i?B?)\s*", str(value), re.IGNORECASE)
+    """Bytes from a positive int or a string such as ``'2GB'``, ``'500MB'``, ``'1.5GiB'``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"cannot parse size {short_repr(value)} (expected e.g. 2GB, 500MB or a byte count)")
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?i?B?)\s*", str(value), re.IGNORECASE)
     if not match:
         raise ConfigError(f"cannot parse size {value!r} (expected e.g. 2GB, 500MB or a byte count)")
     number, unit = float(match.group(1)), match.group(2).upper()
     powers = {"": 0, "B": 0, "K": 1, "M": 2, "G": 3, "T": 4}
     base = 1024 if "I" in unit else 1000
-    return int(number * base ** powers[unit.replace("I", "").replace("B", "") or ""])
+    size = int(number * base ** powers[unit.replace("I", "").replace("B", "") or ""])
+    if size < 1:
+        raise ConfigError(f"size {value!r} must be at least 1 byte")
+    return size
 
 
 def plan_shards(entries: Sequence[tuple[str, TensorInfo]], max_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
@@ -136,60 +150,354 @@ class ShardedWriter:
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def abort(self) -> None:
+        """Close every shard after a failure (whose error must not be masked by a failing close)."""
         for writer in self._writers.values():
-            writer.close()
+            with suppress(OSError):
+                writer.close()
 
     @property
     def shard_files(self) -> list[str]:
         return list(self._writers)
 
 
-def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
-    """Copy config, tokenizer and other non-weight files (recursively) from a base model folder."""
-    copied = []
+# -- non-weight files -----------------------------------------------------------------------
+def _is_skipped_name(rel: Path) -> bool:
+    """Weights, indexes, hidden files and the old model card are never copied."""
+    if any(part.startswith(".") for part in rel.parts):
+        return True
+    return rel.suffix in WEIGHT_SUFFIXES or rel.name.endswith(".index.json") or rel.as_posix() == "README.md"
+
+
+def plan_non_weight_files(src: Path) -> list[tuple[str, Path]]:
+    """``(relative name, file to read)`` for every non-weight file of a base folder worth copying.
+
+    Only regular files, and symlinks that resolve to a regular file inside the base folder
+    (or the Hugging Face cache's ``blobs``), are kept: a link to ``/etc/...`` must not leak a
+    host file into a merged model that may be shared. Everything else -- dangling or looping
+    links, links leaving the folder, fifos, sockets, devices, links to folders -- is skipped
+    with one warning line. A folder holding ``merge_config.yaml`` is an earlier mdamerge
+    output nested in the base and is skipped whole.
+    """
+    src = Path(src)
     if not src.is_dir():
-        return copied
-    for item in sorted(src.rglob("*")):
-        rel = item.relative_to(src)
-        if item.is_dir() or any(part.startswith(".") for part in rel.parts):
+        return []
+    roots = allowed_roots(src)
+    planned: list[tuple[str, Path]] = []
+    for folder, dirs, files in os.walk(src, followlinks=False):
+        here = Path(folder)
+        kept_dirs = []
+        for name in sorted(dirs):
+            path = here / name
+            rel = path.relative_to(src)
+            if name.startswith("."):
+                continue
+            if path.is_symlink():
+                warn(f"not copying {path}: it is a symlink to a folder")
+            elif (path / "merge_config.yaml").exists():
+                warn(f"not copying {path}: it is an earlier mdamerge output inside the base model")
+            else:
+                kept_dirs.append(name)
+        dirs[:] = kept_dirs
+        for name in sorted(files):
+            path = here / name
+            rel = path.relative_to(src)
+            if _is_skipped_name(rel):
+                continue
+            reason = _unsafe_file_reason(path, roots)
+            if reason:
+                warn(f"not copying {path}: {reason}")
+            else:
+                planned.append((rel.as_posix(), path))
+    return planned
+
+
+def _unsafe_file_reason(path: Path, roots: Sequence[Path]) -> str | None:
+    """Why ``path`` must not be copied, or ``None`` when it is a safe regular file."""
+    try:
+        if not path.is_symlink():
+            return None if stat.S_ISREG(os.lstat(path).st_mode) else "it is not a regular file"
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop (Python < 3.13)
+        return f"it is a dangling or looping symlink ({getattr(exc, 'strerror', None) or exc})"
+    if not is_inside(target, roots):
+        return f"it is a symlink to {target}, outside the base folder"
+    if not target.is_file():
+        return f"it is a symlink to {target}, which is not a regular file"
+    return None
+
+
+def copy_planned_files(planned: Sequence[tuple[str, Path]], dst: Path, out_label: str | Path | None = None) -> list[str]:
+    """Copy files chosen by :func:`plan_non_weight_files` into ``dst`` (links are copied as files).
+
+    A file that cannot be read is skipped with a warning; a file that cannot be written is
+    an :class:`~mdamerge.errors.OutputError`.
+    """
+    copied = []
+    for rel, path in planned:
+        try:
+            source = open(path, "rb")
+        except OSError as exc:
+            warn(f"not copying {path}: {exc.strerror or exc}")
             continue
-        if item.suffix in WEIGHT_SUFFIXES or item.name.endswith(".index.json") or rel.as_posix() == "README.md":
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(item, dst / rel)
-        copied.append(rel.as_posix())
+        with source, writing(out_label or dst):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            with open(dst / rel, "wb") as target:
+                shutil.copyfileobj(source, target)
+            shutil.copystat(path, dst / rel)
+        copied.append(rel)
     return copied
 
 
+def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
+    """Copy config, tokenizer and other non-weight files (recursively) from a base model folder."""
+    return copy_planned_files(plan_non_weight_files(Path(src)), Path(dst))
+
+
+# -- where the output may go -------------------------------------------------------------------
+def check_output_location(out_dir: str | Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse an output folder that is, contains, or lies inside one of ``inputs``.
+
+    Runs before any work: with ``--overwrite`` such an output would delete the inputs
+    it is made from, and without it a run would nest outputs in the inputs.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    for item in inputs:
+        path = Path(item).expanduser()
+        if not path.exists():
+            continue
+        real = path.resolve()
+        if out == real:
+            raise OutputError(f"output {out_dir} is the input {item}: choose another --out")
+        if real.is_relative_to(out):
+            raise OutputError(f"output {out_dir} contains the input {item}: choose another --out")
+        if path.is_dir() and out.is_relative_to(real):
+            raise OutputError(f"output {out_dir} lies inside the input model {item}: choose another --out")
+
+
+@contextmanager
+def writing(out_label: str | Path):
+    """Turn an ``OSError`` raised while writing the output into one line,
+    ``cannot write OUT: <reason>`` (disk full, read-only file system, quota, ...)."""
+    try:
+        yield
+    except OSError as exc:
+        raise output_error(out_label, exc) from None
+
+
+def output_error(out_label: str | Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
+        blocker = _first_non_directory(Path(exc.filename))
+        if blocker is not None:
+            reason = f"{blocker} is not a directory"
+    return OutputError(f"cannot write {out_label}: {reason}")
+
+
+def _first_non_directory(path: Path) -> Path | None:
+    for ancestor in [*reversed(path.parents), path]:
+        if ancestor.exists() and not ancestor.is_dir():
+            return ancestor
+    return None
+
+
+# -- renaming without replacing ----------------------------------------------------------------
+RENAME_NOREPLACE = 1
+AT_FDCWD = -100
+
+
+def _load_renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # no libc handle, or glibc < 2.28
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, raising ``FileExistsError`` if ``dst`` exists -- atomically.
+
+    Uses Linux ``renameat2(RENAME_NOREPLACE)``. Where that is missing (other systems, or
+    file systems that do not support the flag) it claims ``dst`` with an exclusive
+    ``mkdir`` and renames onto that empty folder; rename never replaces a non-empty folder,
+    so the only thing this fallback can replace is an empty folder created in the instant
+    between the two calls.
+    """
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dst))
+    os.mkdir(dst)
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        with suppress(OSError):
+            os.rmdir(dst)  # ours and still empty; a non-empty one is someone else's and stays
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(exc.errno, exc.strerror, str(dst)) from None
+        raise
+
+
+# -- the atomic output folder ---------------------------------------------------------------
+OWNER_FILE = ".mdamerge-partial.json"
+
+
 class AtomicOutputDir:
-    """Context manager yielding a temporary sibling folder that becomes ``target`` on success only."""
+    """Context manager yielding a temporary sibling folder that becomes ``target`` on success only.
+
+    * Without ``overwrite`` an existing ``target`` is refused up front, and the final rename
+      cannot replace one that appeared during the run: the run fails with "already exists"
+      and removes only its own temporary folder.
+    * With ``overwrite`` only the folder that existed at the start is replaced (checked by
+      its inode); :attr:`replaced` says whether one was.
+    * The temporary folder ``.NAME.partial-XXXX`` holds a lock while the run is alive. A
+      later run for the same output removes partial folders whose owner died (kill -9,
+      power loss) and names the ones it cannot attribute.
+    """
 
     def __init__(self, target: str | Path, overwrite: bool = False):
         self.target = Path(target)
         self.overwrite = overwrite
         self.tmp: Path | None = None
+        self.replaced = False
+        self._existing: os.stat_result | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def _partial_prefix(self) -> str:
+        return f".{self.target.name}.partial-"
 
     def __enter__(self) -> Path:
-        if self.target.exists() and not self.overwrite:
-            raise MergeError(f"output directory {self.target} already exists (use --overwrite to replace it)")
-        if self.target.exists() and not self.target.is_dir():
-            raise MergeError(f"output path {self.target} exists and is not a directory")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+        target = self.target
+        with writing(target):
+            existing = _lstat_or_none(target)
+        if existing is not None:
+            if not self.overwrite:
+                raise OutputError(f"output directory {target} already exists (use --overwrite to replace it)")
+            if not stat.S_ISDIR(existing.st_mode):
+                raise OutputError(f"output path {target} exists and is not a directory")
+            self._existing = existing
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_partials()
+            self.tmp = Path(tempfile.mkdtemp(prefix=self._partial_prefix, dir=target.parent))
+            try:
+                self._take_ownership()
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+            except BaseException:
+                self._discard()
+                raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
-        if exc_type is not None:
+        try:
+            if exc_type is None:
+                with writing(self.target):
+                    self._install()
+        finally:
+            self._discard()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _take_ownership(self) -> None:
+        """Write and lock the owner file, so that other runs can tell a live partial from a stale one."""
+        owner = self.tmp / OWNER_FILE
+        owner.write_text(json.dumps({"target": self.target.name, "pid": os.getpid()}))
+        if fcntl is not None:
+            self._lock_fd = os.open(owner, os.O_RDONLY)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def _discard(self) -> None:
+        """Remove the temporary folder (if it is still there) and release the lock."""
+        if self.tmp is not None and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.target.exists():
-            trash = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, trash)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _install(self) -> None:
+        (self.tmp / OWNER_FILE).unlink()
+        if self._existing is not None:
+            current = _lstat_or_none(self.target)
+            if current is not None:
+                if (current.st_dev, current.st_ino) != (self._existing.st_dev, self._existing.st_ino):
+                    raise OutputError(
+                        f"output directory {self.target} was replaced by another one during the merge; "
+                        "not touching it (the merged result was discarded)"
+                    )
+                self._replace_existing()
+                return
+        try:
+            rename_noreplace(self.tmp, self.target)
+        except FileExistsError:
+            raise OutputError(
+                f"output directory {self.target} already exists: it appeared during the merge "
+                "(the merged result was discarded; use --overwrite to replace it)"
+            ) from None
+
+    def _replace_existing(self) -> None:
+        trash = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+        os.rename(self.target, trash / "old")  # atomic; the folder that existed at the start
+        try:
+            rename_noreplace(self.tmp, self.target)
+        except BaseException:
+            os.rename(trash / "old", self.target)  # put the user's folder back
+            os.rmdir(trash)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+        self.replaced = True
+
+    def _remove_stale_partials(self) -> None:
+        """Remove partial folders of this output whose run died; name the ones that may not be ours."""
+        parent = self.target.parent
+        for path in sorted(parent.glob(f"{glob.escape(self._partial_prefix)}*")):
+            if not path.is_dir() or path.is_symlink():
+                continue
+            verdict = _partial_owner_state(path, self.target.name)
+            if verdict == "stale":
+                shutil.rmtree(path, ignore_errors=True)
+                warn(f"removed {path}, left by an interrupted run")
+            elif verdict == "unknown":
+                warn(f"{path} looks like a partial output of an interrupted run; not removing it (delete it if no merge is running)")
+        for path in sorted(parent.glob(f".{glob.escape(self.target.name)}.old-*")):
+            warn(f"{path} holds a folder an interrupted --overwrite run moved aside; not removing it")
+
+
+def _lstat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _partial_owner_state(path: Path, target_name: str) -> str:
+    """``'live'``, ``'stale'`` (its run is gone) or ``'unknown'`` (not made by this mdamerge, or no locks)."""
+    owner = path / OWNER_FILE
+    try:
+        info = json.loads(owner.read_text())
+        fd = os.open(owner, os.O_RDONLY)
+    except (OSError, ValueError):
+        return "unknown"
+    try:
+        if not isinstance(info, dict) or info.get("target") != target_name or fcntl is None:
+            return "unknown"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "live"
+        except OSError:
+            return "unknown"
+        return "stale"
+    finally:
+        os.close(fd)
