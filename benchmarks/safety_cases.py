@@ -1,0 +1,579 @@
+"""Re-run every case of issue 10 ("never lose a user's data, never read outside the inputs,
+every failure is one line") through the real ``mdamerge merge`` command.
+
+Each case builds toy models (a few hundred KB; the timing cases about 10 MB per model) in a
+fresh temporary folder, hashes every file, link and folder under it, runs the CLI in a
+subprocess, and hashes again. A failing run must change nothing at all (OUT included);
+a successful one nothing outside OUT. Prints a Markdown table: case, exit code, the
+message lines on stderr, whether the tree outside OUT is unchanged, and the case's own
+check.
+
+    python benchmarks/safety_cases.py            # all cases, ~2 min on 2 busy cores
+    python benchmarks/safety_cases.py -k symlink # cases whose name contains 'symlink'
+
+Disk-full and read-only cases mount small tmpfs file systems when run as root with
+CAP_SYS_ADMIN; otherwise they inject the same OSError into the writer (said in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+SMALL = {"embed.weight": (64, 32), "layers.0.attn.weight": (32, 32), "layers.0.mlp.weight": (64, 32),
+         "layers.0.mlp.bias": (64,), "layers.0.norm.weight": (32,), "head.weight": (4, 32)}
+SLOW = {f"layers.{i}.weight": (768, 768) for i in range(6)}  # tsv: a few seconds per merge
+
+
+# -- toy models ------------------------------------------------------------------------------
+def state(shapes: dict, seed: int, base: dict | None = None) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    if base is None:
+        return {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+    return {n: t + 0.05 * torch.randn(t.shape, generator=gen) for n, t in base.items()}
+
+
+def write_model(folder: Path, tensors: dict, index: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "toy", "hidden_size": 32}))
+    (folder / "tokenizer.json").write_text("{}")
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def toy(root: Path, shapes: dict = SMALL, models: int = 2) -> dict:
+    base = state(shapes, 0)
+    write_model(root / "base", base)
+    fts = [write_model(root / f"ft{i}", state(shapes, i + 1, base)) for i in range(models)]
+    return {"root": root, "base": root / "base", "fts": fts}
+
+
+def config(t: dict, name: str = "merge.yaml", text: str | None = None, **extra) -> Path:
+    path = t["root"] / name
+    if text is not None:
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        return path
+    cfg = {"method": "task_arithmetic", "base_model": str(t["base"]), "models": [str(p) for p in t["fts"]], **extra}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# -- running and hashing ----------------------------------------------------------------------
+def cli(*args, timeout: int = 120) -> tuple[int, list[str], str]:
+    proc = subprocess.run([sys.executable, "-m", "mdamerge", "merge", *map(str, args), "--quiet"], env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, [l for l in proc.stderr.splitlines() if l.strip()], proc.stdout.strip()
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mdamerge", "merge", *map(str, args), "--quiet"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[int, list[str], str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, [l for l in err.splitlines() if l.strip()], out.strip()
+
+
+def tree(root: Path, skip: Path | None = None) -> dict[str, str]:
+    """Path -> content hash / link target / 'dir' for everything under ``root`` (``skip`` excluded)."""
+    out = {}
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        if skip is not None and (here == skip or skip in here.parents):
+            dirs[:] = []
+            continue
+        for name in dirs + files:
+            path = here / name
+            if skip is not None and path == skip:
+                continue
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = "link:" + os.readlink(path)
+            elif path.is_dir():
+                out[rel] = "dir"
+            elif path.is_file():
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                out[rel] = "special"
+    return out
+
+
+def wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Wait until the merge has created its ``.OUT.partial-*`` folder and written a shard into it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for partial in out.parent.glob(f".{out.name}.partial-*"):
+            if (partial / "model.safetensors").exists():
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def partials(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.glob(f".{out.name}.partial-*"))
+
+
+# -- mounting (root only) ------------------------------------------------------------------------
+def mount_tmpfs(where: Path, options: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+
+
+def umount(where: Path) -> None:
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+INJECT = """
+import errno, sys
+from mdamerge.io import writer
+def fail(self, name, tensor):
+    raise OSError(errno.{code}, "{text}")
+writer.StreamingSafetensorsWriter.write = fail
+from mdamerge.cli import main
+sys.argv = ["mdamerge", "merge", *sys.argv[1:]]
+main()
+"""
+
+
+def cli_injected(code: str, text: str, *args) -> tuple[int, list[str], str]:
+    proc = subprocess.run([sys.executable, "-c", INJECT.format(code=code, text=text), *map(str, args), "--quiet"],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    return proc.returncode, [l for l in proc.stderr.splitlines() if l.strip()], proc.stdout.strip()
+
+
+# -- the cases ----------------------------------------------------------------------------------
+CASES: list[tuple[str, Callable[[Path], dict]]] = []
+
+
+def case(name: str):
+    def register(fn):
+        CASES.append((name, fn))
+        return fn
+    return register
+
+
+def refused(root: Path, *args, expect_exit: int = 2, check=None, out: Path | None = None) -> dict:
+    """Run and require the whole tree (OUT included) to be unchanged."""
+    before = tree(root)
+    code, err, _ = cli(*args)
+    result = {"exit": code, "err": err, "unchanged": tree(root) == before}
+    if check is not None:
+        result["check"] = check()
+    return result
+
+
+def succeeds(root: Path, out: Path, *args, check=None) -> dict:
+    before = tree(root, skip=out)
+    code, err, stdout = cli(*args)
+    result = {"exit": code, "err": err or [stdout], "unchanged": tree(root, skip=out) == before}
+    if check is not None:
+        result["check"] = check()
+    return result
+
+
+# Data loss
+@case("--overwrite --out = an input model folder")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t), "--out", t["fts"][0], "--overwrite")
+
+
+@case("--overwrite --out = folder containing the inputs")
+def _(root):
+    t = toy(root / "models")
+    return refused(root, config(t), "--out", root / "models", "--overwrite")
+
+
+@case("--overwrite --out = the folder holding the config file")
+def _(root):
+    t = toy(root / "models")
+    out = root / "out"
+    out.mkdir()
+    return refused(root, config(t, name="../out/merge_config.yaml"), "--out", out, "--overwrite")
+
+
+@case("--out inside an input (base/merged)")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t), "--out", t["base"] / "merged",
+                   check=lambda: not (t["base"] / "merged").exists())
+
+
+@case("earlier output nested in the base is not copied")
+def _(root):
+    t = toy(root)
+    nested = t["base"] / "merged"  # e.g. left by an older mdamerge version
+    nested.mkdir()
+    (nested / "merge_config.yaml").write_text("method: average\n")
+    (nested / "config.json").write_text("{}")
+    out = root / "out"
+    return succeeds(root, out, config(t), "--out", out, check=lambda: not (out / "merged").exists())
+
+
+@case("OUT created by someone else during the merge")
+def _(root):
+    t = toy(root, SLOW)
+    out = root / "out"
+    cfg = config(t, method="tsv")
+    proc = start(cfg, "--out", out)
+    started = wait_for_partial(out, proc)
+    out.mkdir()
+    (out / "user-file.txt").write_text("mine")
+    before = tree(root, skip=None)
+    code, err, _ = finish(proc)
+    # the intruder's folder (inside OUT) must be intact too: compare the whole tree except partials
+    after = {k: v for k, v in tree(root).items() if ".partial-" not in k}
+    before = {k: v for k, v in before.items() if ".partial-" not in k}
+    return {"exit": code, "err": err, "unchanged": after == before,
+            "check": started and (out / "user-file.txt").read_text() == "mine" and sorted(os.listdir(out)) == ["user-file.txt"]
+            and not partials(out)}
+
+
+@case("two different merges into one OUT at once")
+def _(root):
+    t = toy(root, SLOW)
+    out = root / "out"
+    a, b = config(t, "a.yaml", method="tsv"), config(t, "b.yaml", method="iso_c")
+    before = tree(root, skip=out)
+    procs = [start(a, "--out", out), start(b, "--out", out)]
+    results = [finish(p) for p in procs]
+    codes = sorted(r[0] for r in results)
+    winner = "tsv" if results[0][0] == 0 else "iso_c"
+    method = yaml.safe_load((out / "merge_config.yaml").read_text())["method"] if out.exists() else None
+    loser = [r for r in results if r[0] != 0]
+    return {"exit": f"{results[0][0]} / {results[1][0]}", "err": loser[0][1] if loser else ["both succeeded"],
+            "unchanged": tree(root, skip=out) == before, "check": codes == [0, 2] and method == winner and not partials(out)}
+
+
+@case("--overwrite replaces only the folder there at the start, and says so")
+def _(root):
+    t = toy(root)
+    out = root / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = succeeds(root, out, config(t), "--out", out, "--overwrite",
+                      check=lambda: not (out / "old.txt").exists() and (out / "model.safetensors").exists())
+    result["check"] = result["check"] and "replaced the existing folder" in result["err"][-1]
+    return result
+
+
+# Reading outside the inputs
+def index_case(root: Path, weight_map) -> dict:
+    t = toy(root)
+    (root / "outside.safetensors").write_bytes((t["fts"][0] / "model.safetensors").read_bytes())
+    ft = t["fts"][0]
+    (ft / "model.safetensors").rename(ft / "model-00001-of-00001.safetensors")
+    (ft / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return refused(root, config(t), "--out", root / "out", check=lambda: not (root / "out").exists())
+
+
+@case("index weight_map -> ../outside.safetensors")
+def _(root):
+    return index_case(root, {n: "../outside.safetensors" for n in SMALL})
+
+
+@case("index weight_map -> absolute path")
+def _(root):
+    return index_case(root, {n: str(root / "outside.safetensors") for n in SMALL})
+
+
+@case("index weight_map -> /etc/passwd")
+def _(root):
+    return index_case(root, {n: "/etc/passwd" for n in SMALL})
+
+
+@case("index weight_map is a number")
+def _(root):
+    return index_case(root, 42)
+
+
+@case("index weight_map is a list")
+def _(root):
+    return index_case(root, ["model-00001-of-00001.safetensors"])
+
+
+@case("index entry is a number")
+def _(root):
+    return index_case(root, {n: 7 for n in SMALL})
+
+
+@case("weight file symlinked outside the model folder")
+def _(root):
+    t = toy(root)
+    ft = t["fts"][0]
+    (ft / "model.safetensors").rename(root / "elsewhere.safetensors")
+    (ft / "model.safetensors").symlink_to(root / "elsewhere.safetensors")
+    return refused(root, config(t), "--out", root / "out")
+
+
+@case("base/secret.txt -> /etc/hostname (not copied)")
+def _(root):
+    t = toy(root)
+    (t["base"] / "secret.txt").symlink_to("/etc/hostname")
+    (t["base"] / "inside.txt").symlink_to("tokenizer.json")
+    out = root / "out"
+    return succeeds(root, out, config(t), "--out", out,
+                    check=lambda: not (out / "secret.txt").exists() and (out / "inside.txt").read_text() == "{}")
+
+
+@case("dangling and looping symlinks in the base")
+def _(root):
+    t = toy(root)
+    (t["base"] / "dangling.txt").symlink_to(root / "nowhere")
+    (t["base"] / "loop.txt").symlink_to(t["base"] / "loop.txt")
+    os.mkfifo(t["base"] / "pipe")
+    out = root / "out"
+    return succeeds(root, out, config(t), "--out", out,
+                    check=lambda: (out / "model.safetensors").exists() and not (out / "pipe").exists())
+
+
+# Tracebacks where one line is promised
+def with_tensor(root: Path, name: str, make, method: str) -> dict:
+    base = state(SMALL, 0)
+    base[name] = make(0)
+    t = {"root": root, "base": write_model(root / "base", base),
+         "fts": [write_model(root / f"ft{i}", {**state(SMALL, i + 1, {k: v for k, v in base.items() if k != name}),
+                                               name: make(i + 1)}) for i in range(2)]}
+    out = root / "out"
+    return succeeds(root, out, config(t, method=method), "--out", out, check=lambda: (out / "model.safetensors").exists())
+
+
+for method in ("average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda"):
+    case(f"0-dim tensor, {method}")(lambda root, m=method: with_tensor(root, "logit_scale", lambda s: torch.tensor(float(s)), m))
+for shape in ((0, 64), (64, 0)):
+    for method in ("tsv", "mda", "iso_cts"):
+        case(f"0-size tensor {list(shape)}, {method}")(
+            lambda root, m=method, sh=shape: with_tensor(root, "empty.weight", lambda s: torch.zeros(sh), m))
+
+
+@case("average, weights summing to 0")
+def _(root):
+    t = toy(root)
+    cfg = {"method": "average", "base_model": str(t["base"]),
+           "models": [{"path": str(t["fts"][0]), "weight": 1.0}, {"path": str(t["fts"][1]), "weight": -1.0}]}
+    path = root / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return refused(root, path, "--out", root / "out")
+
+
+@case("shard_size: 1.2.3MB")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t, shard_size="1.2.3MB"), "--out", root / "out")
+
+
+@case("shard_size: 2XB")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t, shard_size="2XB"), "--out", root / "out")
+
+
+@case("--device tpu9")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t), "--out", root / "out", "--device", "tpu9")
+
+
+@case("device: banana")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t, device="banana"), "--out", root / "out")
+
+
+@case("non-UTF-8 config")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t, text=b"method: \xff\xfe average\n"), "--out", root / "out")
+
+
+@case("disk full (ENOSPC)")
+def _(root):
+    t = toy(root)
+    disk = root / "disk"
+    if mount_tmpfs(disk, "size=8k"):  # the toy model's weights are 21 KB
+        try:
+            result = refused(root, config(t), "--out", disk / "out", check=lambda: os.listdir(disk) == [])
+            result["how"] = "8 KiB tmpfs"
+        finally:
+            umount(disk)
+        return result
+    before = tree(root)
+    code, err, _ = cli_injected("ENOSPC", "No space left on device", config(t), "--out", disk / "out")
+    return {"exit": code, "err": err, "unchanged": tree(root) == before, "check": os.listdir(disk) == [],
+            "how": "injected OSError (no tmpfs)"}
+
+
+@case("read-only output parent (EROFS)")
+def _(root):
+    t = toy(root)
+    disk = root / "ro"
+    if not mount_tmpfs(disk, "ro,size=64k"):
+        return {"exit": "-", "err": ["skipped: cannot mount a read-only tmpfs here (tests/ inject it)"], "unchanged": True}
+    try:
+        result = refused(root, config(t), "--out", disk / "out")
+    finally:
+        umount(disk)
+    result["how"] = "read-only tmpfs"
+    return result
+
+
+@case("output parent is a file")
+def _(root):
+    t = toy(root)
+    (root / "afile").write_text("x")
+    return refused(root, config(t), "--out", root / "afile" / "out")
+
+
+# Silently accepted
+@case("--workers 0")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t), "--out", root / "out", "--workers", "0")
+
+
+@case("--workers -3")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t), "--out", root / "out", "--workers", "-3")
+
+
+@case("exclude: [[head, emb]]")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t, exclude=[["head", "emb"]]), "--out", root / "out")
+
+
+@case("YAML alias bomb in exclude")
+def _(root):
+    t = toy(root)
+    # 9 levels of 10 references each: 10^9 strings once expanded, a few hundred bytes of YAML
+    text = yaml.safe_dump({"method": "task_arithmetic", "base_model": str(t["base"]), "models": [str(p) for p in t["fts"]]})
+    text += "exclude:\n  - &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    text += "".join(f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9))
+    path = config(t, text=text)
+    begin = time.time()
+    result = refused(root, path, "--out", root / "out")
+    result["check"] = time.time() - begin < 30
+    return result
+
+
+@case("exclude and filter patterns matching no tensor")
+def _(root):
+    t = toy(root)
+    out = root / "out"
+    cfg = config(t, exclude=["head", "no_such_tensor"], parameters={"scaling": [{"filter": "atn", "value": 0.5}, {"value": 0.3}]})
+
+    def card_ok():
+        card = (out / "README.md").read_text()
+        return "(excluded: head)" in card and "no_such_tensor" not in card.split("## Source models")[0]
+    return succeeds(root, out, cfg, "--out", out, check=card_ok)
+
+
+@case("shape mismatch in a non-vocabulary dim, vocab_mismatch: shared")
+def _(root):
+    t = toy(root)
+    ft = t["fts"][0]
+    sd = state(SMALL, 1, state(SMALL, 0))
+    sd["layers.0.mlp.weight"] = torch.randn(65, 32)
+    save_file(sd, str(ft / "model.safetensors"))
+    return refused(root, config(t, vocab_mismatch="shared"), "--out", root / "out")
+
+
+@case("same mismatch, default rule (no misleading hint)")
+def _(root):
+    t = toy(root)
+    ft = t["fts"][0]
+    sd = state(SMALL, 1, state(SMALL, 0))
+    sd["layers.0.mlp.weight"] = torch.randn(65, 32)
+    save_file(sd, str(ft / "model.safetensors"))
+    result = refused(root, config(t), "--out", root / "out")
+    result["check"] = "vocab_mismatch" not in " ".join(result["err"])
+    return result
+
+
+# Interrupted runs
+def interrupted(root: Path, sig: int) -> dict:
+    t = toy(root, SLOW)
+    out = root / "out"
+    cfg = config(t, method="tsv")
+    before = tree(root)
+    proc = start(cfg, "--out", out)
+    started = wait_for_partial(out, proc)
+    proc.send_signal(sig)
+    code, err, _ = finish(proc)
+    return {"exit": code, "err": err, "unchanged": tree(root) == before, "check": started and not partials(out)}
+
+
+@case("SIGTERM during the merge")
+def _(root):
+    return interrupted(root, signal.SIGTERM)
+
+
+@case("SIGINT during the merge")
+def _(root):
+    return interrupted(root, signal.SIGINT)
+
+
+@case("kill -9, then rerun")
+def _(root):
+    t = toy(root, SLOW)
+    out = root / "out"
+    cfg = config(t, method="tsv")
+    before = tree(root)
+    proc = start(cfg, "--out", out)
+    started = wait_for_partial(out, proc)
+    proc.kill()
+    proc.wait()
+    left = partials(out)
+    code, err, _ = cli(cfg, "--out", out)
+    return {"exit": f"-9, rerun {code}", "err": err, "unchanged": tree(root, skip=out) == before,
+            "check": started and len(left) == 1 and not partials(out) and (out / "model.safetensors").exists()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="only cases whose name contains this")
+    args = parser.parse_args()
+    rows = []
+    for name, fn in CASES:
+        if args.k.lower() not in name.lower():
+            continue
+        with tempfile.TemporaryDirectory(prefix="mdamerge-safety-") as tmp:
+            begin = time.time()
+            try:
+                result = fn(Path(tmp))
+            except Exception as exc:  # a broken case must show, not stop the table
+                result = {"exit": "?", "err": [f"CASE FAILED: {type(exc).__name__}: {exc}"], "unchanged": False}
+            result["seconds"] = time.time() - begin
+        rows.append((name, result))
+        message = " / ".join(line.replace("|", "\\|") for line in result["err"]).replace(tmp, "$T")
+        check = result.get("check", "-")
+        how = f" ({result['how']})" if "how" in result else ""
+        print(f"| {name}{how} | {result['exit']} | {message} | {'yes' if result['unchanged'] else 'NO'} | "
+              f"{'ok' if check is True else 'FAIL' if check is False else check} |", flush=True)
+    bad = [n for n, r in rows if not r["unchanged"] or r.get("check") is False]
+    print(f"\n{len(rows)} cases, {len(bad)} with a changed tree or a failed check" + (f": {bad}" if bad else ""))
+
+
+if __name__ == "__main__":
+    print("| case | exit | stderr (one line per message) | nothing outside OUT changed | case check |")
+    print("|---|---|---|---|---|")
+    main()
