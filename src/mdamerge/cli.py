@@ -45,8 +45,8 @@ def main() -> None:
 
 
 @main.command("merge")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (created atomically).")
+@click.argument("config", type=click.Path())  # checked by the merge itself, with one-line errors
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Output folder (created atomically).")
 @click.option("--device", default=None, help="Compute device, e.g. cpu, cuda, cuda:1 (default: config, else cpu).")
 @click.option("--dtype", default=None, help="Output dtype: float32, float16, bfloat16 (default: the base's).")
 @click.option("--workers", type=int, default=None, help="Tensors merged in parallel on this machine (>= 1).")

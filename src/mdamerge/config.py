@@ -163,6 +163,8 @@ def matches_any(name: str, patterns) -> bool:
 def read_yaml_file(path: str | Path) -> Any:
     """``yaml.safe_load`` of a config file, with one-line errors for a missing file or bad YAML."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -1,0 +1,56 @@
+"""Helpers shared by the tests/test_safety_*.py files: run the CLI, hash a folder tree."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from mdamerge.cli import main
+
+
+def write_config(toy, path: Path, **extra) -> Path:
+    cfg = {"method": "task_arithmetic", "base_model": str(toy["base_dir"]), "models": [str(p) for p in toy["ft_dirs"]],
+           **extra}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_merge(*args):
+    """``mdamerge merge ARGS --quiet`` in-process; returns the click result."""
+    return CliRunner().invoke(main, ["merge", *map(str, args), "--quiet"])
+
+
+def one_error(result) -> str:
+    """The run failed with exit status 2 and printed exactly one line, ``error: ...``."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def tree(root: Path, skip: Path | None = None) -> dict[str, str]:
+    """Every file (content hash), link (target) and folder under ``root``, except ``skip``."""
+    out = {}
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        if skip is not None and here == skip:
+            dirs[:] = []
+            continue
+        for name in dirs + files:
+            path = here / name
+            if path == skip:
+                continue
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = "link:" + os.readlink(path)
+            elif path.is_dir():
+                out[rel] = "dir"
+            elif path.is_file():
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                out[rel] = "special"
+    return out
