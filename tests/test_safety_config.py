@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 import mdamerge
 from mdamerge.config import MergeConfig, check_expanded_size, read_yaml_file
@@ -125,3 +126,12 @@ def test_patterns_matching_no_tensor_are_warned_about_and_not_listed_as_effectiv
 def test_matching_patterns_give_no_warning(toy_models, tmp_path, capsys):
     mdamerge.merge(_config(toy_models, exclude="*.bias"), tmp_path / "out", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_api_exclude_string_is_one_pattern_not_its_characters(toy_models):
+    base, fts = toy_models["base"], toy_models["fts"]
+    out = mdamerge.merge_state_dicts(base, fts, "task_arithmetic", exclude="head")
+    unchanged = sorted(k for k in out if torch.equal(out[k], base[k]))
+    assert unchanged == ["head.weight", "position_ids"]  # not every name containing 'h', 'e', 'a' or 'd'
+    with pytest.raises(ConfigError, match=r"exclude\[0\] must be a non-empty string pattern, got list"):
+        mdamerge.merge_state_dicts(base, fts, exclude=[["head"]])

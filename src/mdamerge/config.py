@@ -93,6 +93,7 @@ class MergeConfig:
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ConfigError(f"workers must be a positive integer, got {short_repr(self.workers)}")
         check_device_name(self.device)
+        check_patterns(self.exclude)
         check_weights(self.method, [m.weight for m in self.models])
         self.shard_size = parse_size(self.shard_size)
         if self.vocab_mismatch not in ("error", "shared"):
@@ -232,13 +233,19 @@ def check_value_types(data: dict[str, Any]) -> None:
     exclude = data.get("exclude")
     if exclude is not None and not isinstance(exclude, (str, list)):
         raise ConfigError(f"'exclude' must be a pattern or a list of patterns, got {type(exclude).__name__}")
-    for i, pattern in enumerate(exclude if isinstance(exclude, list) else []):
-        if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"exclude[{i}] must be a non-empty string pattern, got {type(pattern).__name__} {short_repr(pattern)}")
+    check_patterns(exclude if isinstance(exclude, list) else [])
     for i, entry in enumerate(data.get("models") or []):
         path = entry.get("path") if isinstance(entry, dict) else entry
         if not isinstance(path, (str, Path)):
             raise ConfigError(f"models[{i}] path must be a string, got {type(path).__name__} {short_repr(path)}")
+
+
+def check_patterns(patterns: list[Any]) -> list[str]:
+    """``exclude`` patterns must be non-empty strings (an empty one would match every tensor)."""
+    for i, pattern in enumerate(patterns):
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"exclude[{i}] must be a non-empty string pattern, got {type(pattern).__name__} {short_repr(pattern)}")
+    return patterns
 
 
 def check_device_name(device: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from ..config import MergeConfig, ParameterResolver, matches_any, parse_dtype
+from ..config import MergeConfig, ParameterResolver, check_patterns, matches_any, parse_dtype
 from ..io.modelcard import model_card
 from ..errors import MergeError, warn
 from ..io.writer import AtomicOutputDir, ShardedWriter, check_output_location, copy_planned_files, plan_non_weight_files, writing
@@ -86,7 +86,7 @@ def merge(
         vocab_mismatch=cfg.vocab_mismatch,
         seed=cfg.seed, device=compute_device, workers=workers, progress=progress,
     )
-    effective_exclude = warn_unmatched_patterns(cfg, engine.plan.names)
+    effective_exclude = warn_unmatched_patterns(cfg.exclude, cfg.resolver.filters(), engine.plan.names)
     extra_files = plan_non_weight_files(Path(cfg.base_model)) if Path(cfg.base_model).is_dir() else []
     output = AtomicOutputDir(out_dir, overwrite=overwrite)
     with output as tmp:
@@ -113,16 +113,16 @@ def merge(
                        time.perf_counter() - start, replaced=output.replaced)
 
 
-def warn_unmatched_patterns(cfg: MergeConfig, names: Sequence[str]) -> list[str]:
-    """Warn (one line each) about ``exclude`` patterns and parameter filters that match no
-    tensor -- usually a typo -- and return the ``exclude`` patterns that do match."""
+def warn_unmatched_patterns(exclude: Sequence[str], filters: Sequence[tuple[str, str]], names: Sequence[str]) -> list[str]:
+    """Warn (one line each) about ``exclude`` patterns and parameter ``(name, filter)``s that
+    match no tensor -- usually a typo -- and return the ``exclude`` patterns that do match."""
     effective = []
-    for pattern in cfg.exclude:
+    for pattern in exclude:
         if any(matches_any(name, [pattern]) for name in names):
             effective.append(pattern)
         else:
             warn(f"exclude pattern '{pattern}' matches no tensor of the base model")
-    for param, pattern in cfg.resolver.filters():
+    for param, pattern in filters:
         if not any(matches_any(name, [pattern]) for name in names):
             warn(f"filter '{pattern}' of parameter '{param}' matches no tensor of the base model")
     return effective
@@ -148,6 +148,7 @@ def merge_state_dicts(
     ``params`` (or ``parameters``, which also accepts per-tensor ``{filter, value}``
     lists) are the method's parameters, e.g. ``merge_state_dicts(b, fts, "ties", density=0.1)``.
     """
+    exclude = check_patterns([exclude] if isinstance(exclude, str) else list(exclude))
     impl = get_method(method)
     resolver = ParameterResolver(impl, {**(parameters or {}), **params})
     engine = MergeEngine(
@@ -156,6 +157,7 @@ def merge_state_dicts(
         impl, resolver.resolve, weights=weights, excluded=lambda name: matches_any(name, exclude),
         out_dtype=parse_dtype(dtype), seed=seed, device=device, progress=progress, vocab_mismatch=vocab_mismatch,
     )
+    warn_unmatched_patterns(exclude, resolver.filters(), engine.plan.names)
     out: dict[str, torch.Tensor] = {}
     engine.run(out.__setitem__)
     return out

@@ -383,6 +383,8 @@ class AtomicOutputDir:
         if existing is not None:
             if not self.overwrite:
                 raise OutputError(f"output directory {target} already exists (use --overwrite to replace it)")
+            if stat.S_ISLNK(existing.st_mode):
+                raise OutputError(f"output path {target} is a symlink: give the folder it points to, or another --out")
             if not stat.S_ISDIR(existing.st_mode):
                 raise OutputError(f"output path {target} exists and is not a directory")
             self._existing = existing
