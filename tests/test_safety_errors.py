@@ -208,3 +208,27 @@ def test_output_that_is_a_file_is_one_line_even_with_overwrite(toy_models, tmp_p
 
 def test_config_that_is_a_folder_is_one_line(tmp_path):
     assert one_error(run_merge(tmp_path, "--out", tmp_path / "out")) == f"error: config {tmp_path} is a folder, not a YAML file"
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_output_that_names_no_folder_is_refused(toy_models, tmp_path, out, monkeypatch):
+    monkeypatch.chdir(tmp_path / "ft0")
+    cfg = write_config(toy_models, tmp_path / "m.yaml")
+    before = tree(tmp_path)
+    assert "does not name a folder" in one_error(run_merge(cfg, "--out", out, "--overwrite"))
+    assert tree(tmp_path) == before
+
+
+def test_input_truncated_during_the_merge_is_one_line(toy_models, tmp_path, monkeypatch):
+    cfg = write_config(toy_models, tmp_path / "m.yaml")
+    shard = toy_models["ft_dirs"][1] / "model.safetensors"
+    write = StreamingSafetensorsWriter.write
+
+    def truncate_input_then_write(self, name, tensor):
+        shard.write_bytes(shard.read_bytes()[:200])  # another program rewrites the model mid-merge
+        write(self, name, tensor)
+
+    monkeypatch.setattr(StreamingSafetensorsWriter, "write", truncate_input_then_write)
+    line = one_error(run_merge(cfg, "--out", tmp_path / "out"))
+    assert line.startswith("error: cannot read tensor '") and str(shard) in line
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))

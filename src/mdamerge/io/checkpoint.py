@@ -97,8 +97,11 @@ class Checkpoint:
         if file.suffix == ".safetensors":
             # A fresh handle per read: a long-lived one keeps the whole file mapped, and every
             # page read so far stays resident -- merging would then cost O(model) RSS per input.
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                return handle.get_tensor(name)
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as handle:
+                    return handle.get_tensor(name)
+            except Exception as exc:  # changed, truncated or removed since its header was read
+                raise CheckpointError(f"cannot read tensor '{name}' from {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return self._torch_dicts[file][name]
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -260,6 +260,8 @@ def check_output_location(out_dir: str | Path, inputs: Sequence[str | Path]) -> 
     Runs before any work: with ``--overwrite`` such an output would delete the inputs
     it is made from, and without it a run would nest outputs in the inputs.
     """
+    if Path(out_dir).name in ("", ".", ".."):
+        raise OutputError(f"output path '{out_dir}' does not name a folder: give e.g. {Path(out_dir) / 'merged'}")
     out = Path(out_dir).expanduser().resolve()
     for item in inputs:
         path = Path(item).expanduser()
@@ -378,6 +380,8 @@ class AtomicOutputDir:
 
     def __enter__(self) -> Path:
         target = self.target
+        if target.name in ("", ".", ".."):  # '', '.', '/', 'x/..': replacing a working directory
+            raise OutputError(f"output path '{target}' does not name a folder: give e.g. {target / 'merged'}")
         with writing(target):
             existing = _lstat_or_none(target)
         if existing is not None:
