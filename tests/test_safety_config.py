@@ -58,7 +58,9 @@ def test_scalar_values_are_type_checked(toy_models, key, value, message):
 
 
 def test_model_paths_and_weights_are_type_checked(toy_models):
-    with pytest.raises(ConfigError, match=r"models\[1\] path must be a string, got list"):
+    with pytest.raises(ConfigError, match=r"models\[1\].path must be a string, got list"):
+        MergeConfig.from_dict(_config(toy_models, models=[str(toy_models["ft_dirs"][0]), {"path": [1, 2]}]))
+    with pytest.raises(ConfigError, match=r"models\[1\] must be a path or a mapping with 'path'"):
         MergeConfig.from_dict(_config(toy_models, models=[str(toy_models["ft_dirs"][0]), [1, 2]]))
     for weight in (float("nan"), float("inf")):
         models = [{"path": str(p), "weight": weight} for p in toy_models["ft_dirs"]]

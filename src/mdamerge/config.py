@@ -234,10 +234,9 @@ def check_value_types(data: dict[str, Any]) -> None:
     if exclude is not None and not isinstance(exclude, (str, list)):
         raise ConfigError(f"'exclude' must be a pattern or a list of patterns, got {type(exclude).__name__}")
     check_patterns(exclude if isinstance(exclude, list) else [])
-    for i, entry in enumerate(data.get("models") or []):
-        path = entry.get("path") if isinstance(entry, dict) else entry
-        if not isinstance(path, (str, Path)):
-            raise ConfigError(f"models[{i}] path must be a string, got {type(path).__name__} {short_repr(path)}")
+    for i, entry in enumerate(data["models"] if isinstance(data.get("models"), list) else []):
+        if isinstance(entry, dict) and "path" in entry and not isinstance(entry["path"], str):
+            raise ConfigError(f"models[{i}].path must be a string, got {type(entry['path']).__name__} {short_repr(entry['path'])}")
 
 
 def check_patterns(patterns: list[Any]) -> list[str]:
