@@ -166,3 +166,18 @@ def test_config_json_linked_outside_is_not_read(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").symlink_to(tmp_path / "other.json")
     assert config_vocab_size(tmp_path / "model" / "config.json") is None
+
+
+def test_a_file_swapped_for_a_link_after_planning_is_not_followed(tmp_path, capsys):
+    from mdamerge.io.writer import copy_planned_files
+
+    base = write_hf_folder(tmp_path / "base", random_state(0, SHAPES))
+    (tmp_path / "host.txt").write_text("host secret")
+    planned = plan_non_weight_files(base)
+    (base / "tokenizer.json").unlink()
+    (base / "tokenizer.json").symlink_to(tmp_path / "host.txt")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    assert copy_planned_files(planned, dst) == ["config.json"]
+    assert capsys.readouterr().err.startswith(f"warning: not copying {base / 'tokenizer.json'}: ")
+    assert not (dst / "tokenizer.json").exists()

@@ -188,7 +188,6 @@ def plan_non_weight_files(src: Path) -> list[tuple[str, Path]]:
         kept_dirs = []
         for name in sorted(dirs):
             path = here / name
-            rel = path.relative_to(src)
             if name.startswith("."):
                 continue
             if path.is_symlink():
@@ -203,27 +202,41 @@ def plan_non_weight_files(src: Path) -> list[tuple[str, Path]]:
             rel = path.relative_to(src)
             if _is_skipped_name(rel):
                 continue
-            reason = _unsafe_file_reason(path, roots)
+            real, reason = _safe_source(path, roots)
             if reason:
                 warn(f"not copying {path}: {reason}")
             else:
-                planned.append((rel.as_posix(), path))
+                planned.append((rel.as_posix(), real))
     return planned
 
 
-def _unsafe_file_reason(path: Path, roots: Sequence[Path]) -> str | None:
-    """Why ``path`` must not be copied, or ``None`` when it is a safe regular file."""
+def _safe_source(path: Path, roots: Sequence[Path]) -> tuple[Path, str | None]:
+    """The file to read for ``path`` (its target, for a link), or why it must not be copied."""
     try:
         if not path.is_symlink():
-            return None if stat.S_ISREG(os.lstat(path).st_mode) else "it is not a regular file"
+            is_regular = stat.S_ISREG(os.lstat(path).st_mode)
+            return path, None if is_regular else "it is not a regular file"
         target = path.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop (Python < 3.13)
-        return f"it is a dangling or looping symlink ({getattr(exc, 'strerror', None) or exc})"
+    except RuntimeError:  # a symlink loop (Python < 3.13 raises RuntimeError, later OSError)
+        return path, "it is a dangling or looping symlink (symlink loop)"
+    except OSError as exc:
+        reason = "a dangling or looping symlink" if path.is_symlink() else "unreadable"
+        return path, f"it is {reason} ({exc.strerror or exc})"
     if not is_inside(target, roots):
-        return f"it is a symlink to {target}, outside the base folder"
+        return path, f"it is a symlink to {target}, outside the base folder"
     if not target.is_file():
-        return f"it is a symlink to {target}, which is not a regular file"
-    return None
+        return path, f"it is a symlink to {target}, which is not a regular file"
+    return target, None
+
+
+def _open_regular_file(path: Path):
+    """Open ``path`` for reading only if it is (still) a regular file and not a link: a file
+    swapped for a link or a fifo after planning must not be followed or block the run."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file any more", str(path))
+    return os.fdopen(fd, "rb")
 
 
 def copy_planned_files(planned: Sequence[tuple[str, Path]], dst: Path, out_label: str | Path | None = None) -> list[str]:
@@ -235,7 +248,7 @@ def copy_planned_files(planned: Sequence[tuple[str, Path]], dst: Path, out_label
     copied = []
     for rel, path in planned:
         try:
-            source = open(path, "rb")
+            source = _open_regular_file(path)
         except OSError as exc:
             warn(f"not copying {path}: {exc.strerror or exc}")
             continue
