@@ -83,6 +83,24 @@ def test_scaled_merge_falls_back_when_a_method_is_not_linear(monkeypatch):
     assert torch.allclose(scaled(2.0)["w"], base["w"] + 4.0)
 
 
+def test_scaled_merge_without_a_scaling_uses_the_given_or_default_one():
+    """--no-search calls the merge with scaling None: the default (0.3 for task arithmetic), or the
+    one passed as a method option, never a TypeError."""
+    base, fts = toy_states()
+    got = ScaledMerge(base, fts, "task_arithmetic", {}, "cpu", 0)(None)
+    want = {k: base[k] + 0.3 * sum(ft[k] - base[k] for ft in fts) for k in base}
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in base)
+    got = ScaledMerge(base, fts, "task_arithmetic", {"scaling": 0.8}, "cpu", 0)(None)
+    want = {k: base[k] + 0.8 * sum(ft[k] - base[k] for ft in fts) for k in base}
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in base)
+
+
+def test_bench_no_search_runs_a_scaled_method(zoo):
+    res = run_bench(SUITE, "task_arithmetic", zoo=zoo, search=False, progress=False)
+    row = res.row("task_arithmetic")
+    assert set(row.accuracies) == set(res.tasks) and row.val_average is None
+
+
 def test_method_selection():
     free = resolve_methods("data-free")
     assert free[:8] == ["average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda"]

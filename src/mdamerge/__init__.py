@@ -10,10 +10,24 @@ the standard baselines (average, task arithmetic, TIES, DARE, TSV-M, Iso-C, Iso-
 
 __version__ = "0.1.0"
 
-from .config import MergeConfig  # noqa: E402
-from .engine import MergeResult, merge, merge_state_dicts  # noqa: E402
 from .errors import CheckpointError, ConfigError, MergeError  # noqa: E402
-from .methods import available_methods, get_method  # noqa: E402
+
+# The rest imports torch: loaded on first use, so `mdamerge --help` and config errors stay fast.
+_LAZY = {
+    "MergeConfig": "config", "MergeResult": "engine", "merge": "engine", "merge_state_dicts": "engine",
+    "available_methods": "methods", "get_method": "methods",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mdamerge' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError", "ConfigError", "MergeConfig", "MergeError", "MergeResult",

@@ -17,18 +17,47 @@ import click
 from . import __version__
 from .errors import MergeError
 
-# Sub-command groups that live in their own packages: (module, attribute).
-EXTRA_COMMANDS: list[tuple[str, str]] = []
-EXTRA_COMMANDS.append(("mdamerge.diagnostics.commands", "analyze"))
-EXTRA_COMMANDS.append(("mdamerge.adaptation.commands", "adapt"))
-EXTRA_COMMANDS.append(("mdamerge.lora.commands", "lora"))
-EXTRA_COMMANDS.append(("mdamerge.zoo.commands", "zoo_group"))
-EXTRA_COMMANDS.append(("mdamerge.evaluation.commands", "eval_cmd"))
-EXTRA_COMMANDS.append(("mdamerge.evaluation.commands", "bench_cmd"))
+# Sub-commands that live in their own packages: (module, attribute), imported at start-up, or
+# (module, attribute, name, one-line help), imported only when that command runs -- so that
+# `mdamerge --help` does not import torch (those packages do).
+EXTRA_COMMANDS: list[tuple[str, ...]] = []
+EXTRA_COMMANDS.append(("mdamerge.diagnostics.commands", "analyze", "analyze",
+                       "Directional diagnostics: task-vector cosines, principal angles, spectra, Delta_ETF."))
+EXTRA_COMMANDS.append(("mdamerge.adaptation.commands", "adapt", "adapt",
+                       "Data-based merging (AdaMerging, MDA feature alignment) on the TinyViT zoo."))
+EXTRA_COMMANDS.append(("mdamerge.lora.commands", "lora", "lora",
+                       "Merge PEFT LoRA adapters of one base into a full model or a new adapter."))
+EXTRA_COMMANDS.append(("mdamerge.zoo.commands", "zoo_group", "zoo", "Build and inspect the offline TinyViT model zoo."))
+EXTRA_COMMANDS.append(("mdamerge.evaluation.commands", "eval_cmd", "eval", "Evaluate a merged TinyViT backbone on zoo tasks."))
+EXTRA_COMMANDS.append(("mdamerge.evaluation.commands", "bench_cmd", "bench",
+                       "Benchmark merging methods on a zoo suite (validation search, test once)."))
 
 
 class FriendlyGroup(click.Group):
-    """A click group that turns MergeError into a one-line message."""
+    """A click group that turns MergeError into a one-line message and imports sub-commands lazily."""
+
+    lazy: dict[str, tuple[str, str, str]] = {}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in self.lazy:
+            module, attr, _ = self.lazy[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        """The command list, with the lazy commands' help from the table (importing none of them)."""
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                rows.append((name, self.commands[name].get_short_help_str(limit=formatter.width - 6 - len(name))))
+            else:
+                rows.append((name, self.lazy[name][2]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -54,9 +83,31 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Merge tensors on a Ray cluster: 'auto', HOST:PORT, ray://HOST:PORT, or 'local' (start one here).")
-def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_address):
-    """Merge the models that CONFIG (YAML) names into a Hugging Face folder."""
+@click.option("--prefix", default=None, metavar="auto|none|PREFIX",
+              help="Fine-tunes saved under a prefix (bert., model., ...): detect (auto, the default), none, or give it; "
+                   "task heads are saved to OUT/heads/.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_address, prefix, threads):
+    """Merge the models that CONFIG (YAML) names into a Hugging Face folder.
+
+    CONFIG may also be a mergekit YAML (merge_method: ...) or the merge_config.yaml of a
+    `mdamerge lora` output (replays the LoRA merge).
+    """
+    set_threads(threads)
+    data = _read_config_file(config)
+    if isinstance(data, dict) and "lora" in data:  # written by `mdamerge lora`: replay the LoRA merge
+        with interrupts_as_errors(out_dir):
+            return _replay_lora(config, out_dir, device, dtype, overwrite, quiet)
+    if isinstance(data, dict) and data.get("method") in ADAPTIVE_HINTS:
+        raise MergeError(f"'{data['method']}' learns from unlabeled data and is run by `mdamerge adapt CONFIG --out DIR` "
+                         "(see `mdamerge adapt --list`); `mdamerge merge` runs the data-free methods (`mdamerge methods`)")
     from .engine import merge
+
+    if prefix is not None:
+        from .config import MergeConfig
+
+        config = MergeConfig.from_yaml(config)
+        config.prefix = prefix
 
     with interrupts_as_errors(out_dir):
         if ray_address is not None:
@@ -93,6 +144,40 @@ def interrupts_as_errors(out_dir):
             signal.signal(signal.SIGTERM, previous)
 
 
+ADAPTIVE_HINTS = ("adamerging", "adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot")
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N``: torch CPU threads for this command (default: leave torch's choice)."""
+    if threads is not None:
+        if threads < 1:
+            raise MergeError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _read_config_file(path: str):
+    """The parsed YAML; a mergekit config is checked here already, so its problems come before torch loads."""
+    from pathlib import Path
+
+    from .compat.mergekit import is_mergekit_config, translate
+    from .yamlio import read_yaml_file
+
+    data = read_yaml_file(path)
+    if is_mergekit_config(data):
+        translate(data, Path(path).parent)
+    return data
+
+
+def _replay_lora(config, out_dir, device, dtype, overwrite, quiet) -> None:
+    from .lora.replay import replay_lora_config
+
+    result = replay_lora_config(config, out_dir, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
+    click.echo(f"replayed a LoRA merge ({result.output}) of {result.adapted} weights with '{result.method}' "
+               f"in {result.seconds:.1f}s -> {result.out_dir}")
+
+
 @main.command("methods")
 @click.option("--name", default=None, help="Show one method only.")
 def methods_cmd(name):
@@ -110,9 +195,13 @@ def methods_cmd(name):
 
 
 def _register_extra_commands() -> None:
-    for module_name, attr in EXTRA_COMMANDS:
-        module = importlib.import_module(module_name)
-        main.add_command(getattr(module, attr))
+    for entry in EXTRA_COMMANDS:
+        if len(entry) == 4:
+            module_name, attr, name, short_help = entry
+            FriendlyGroup.lazy[name] = (module_name, attr, short_help)
+        else:
+            module_name, attr = entry
+            main.add_command(getattr(importlib.import_module(module_name), attr))
 
 
 _register_extra_commands()

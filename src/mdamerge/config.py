@@ -7,43 +7,52 @@ models:                           # >= 2 fine-tuned models of the same architect
   - path: path/to/task_a
     weight: 1.0                   # optional, scales tau_t (average: weighted mean)
   - path/to/task_b                # a bare path means weight 1.0
+  - path: path/to/task_c
+    parameters: {density: 0.5}    # per-model values of the method's per-model parameters
+                                  # (ties: density, dare: drop_rate, gta: weight/density/gamma)
 parameters:                       # method parameters; defaults from `mdamerge methods`
   scaling: 1.0
   rank_fraction:                  # per-tensor overrides: first matching filter wins
     - {filter: "attn", value: 0.1}
     - {value: 0.05}               # no filter: every other tensor
+  # a list of numbers is a gradient: interpolated over the layer stack (layers.N.), as in mergekit
 dtype: bfloat16                   # optional output dtype (default: the base's, per tensor)
 exclude: ["*.bias", "head"]       # tensors kept at the base (glob or substring)
 seed: 0
 shard_size: 2GB
 vocab_mismatch: error             # or 'shared': merge the rows all vocabularies share, keep the base's others
+prefix: auto                      # fine-tunes saved under 'bert.', 'model.', ...: strip it, save heads to OUT/heads/
 ```
 
-Relative paths are resolved against the current directory first, then against the
-folder that holds the config file.
+A mapping with ``merge_method`` is a mergekit config: see :mod:`mdamerge.compat.mergekit`.
+
+Relative paths are resolved against the folder that holds the config file first, then
+against the current directory; they are saved absolute in the output's ``merge_config.yaml``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from .errors import ConfigError, closest_hint, short_repr
+from .yamlio import MAX_CONFIG_VALUES, check_expanded_size, read_yaml_file  # noqa: F401  (re-exported: torch-free home)
 from .io.writer import DEFAULT_SHARD_SIZE, parse_size
 from .methods import get_method
 from .methods.base import MergeMethod
 
 TOP_LEVEL_KEYS = (
     "method", "base_model", "models", "parameters", "dtype", "exclude", "seed", "shard_size", "device", "workers",
-    "vocab_mismatch",
+    "vocab_mismatch", "prefix",
 )
-MODEL_KEYS = ("path", "weight")
+MODEL_KEYS = ("path", "weight", "parameters")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
 
@@ -60,10 +69,11 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 
 @dataclass
 class ModelSpec:
-    """One fine-tuned model: its path and weight."""
+    """One fine-tuned model: its path, weight and (for methods with per-model parameters) its own values."""
 
     path: str
     weight: float = 1.0
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,10 +91,12 @@ class MergeConfig:
     device: str = "cpu"
     workers: int = 1
     vocab_mismatch: str = "error"
+    prefix: str = "auto"  # fine-tunes saved under a prefix (bert., model., ...): see engine/prefixes.py
 
     def __post_init__(self) -> None:
         self.method_impl = get_method(self.method)
-        self.resolver = ParameterResolver(self.method_impl, self.parameters)
+        self.resolver = ParameterResolver(self.method_impl, self.parameters, [m.parameters for m in self.models],
+                                          tensor_names=self._base_tensor_names)
         parse_dtype(self.dtype)
         if len(self.models) < 2:
             raise ConfigError(f"merging needs at least 2 fine-tuned models, got {len(self.models)}")
@@ -98,12 +110,18 @@ class MergeConfig:
         self.shard_size = parse_size(self.shard_size)
         if self.vocab_mismatch not in ("error", "shared"):
             raise ConfigError(f"vocab_mismatch must be 'error' or 'shared', got {self.vocab_mismatch!r}")
+        if not isinstance(self.prefix, str) or not self.prefix:
+            raise ConfigError(f"prefix must be 'auto', 'none' or a key prefix such as 'bert.', got {self.prefix!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], root: Path | None = None) -> "MergeConfig":
         """Validate a parsed YAML mapping; ``root`` is the config file's folder for relative paths."""
         if not isinstance(data, dict):
             raise ConfigError(f"a merge config must be a mapping, got {type(data).__name__}")
+        if "merge_method" in data:  # a mergekit config: read with mergekit's semantics
+            from .compat.mergekit import from_mergekit
+
+            data = from_mergekit(data, root)
         for key in data:
             if key not in TOP_LEVEL_KEYS:
                 raise ConfigError(f"unknown config key '{key}'" + closest_hint(str(key), TOP_LEVEL_KEYS))
@@ -129,6 +147,7 @@ class MergeConfig:
             device=str(data.get("device", "cpu")),
             workers=data.get("workers", 1),
             vocab_mismatch=str(data.get("vocab_mismatch", "error")),
+            prefix=data.get("prefix", "auto"),
         )
 
     @classmethod
@@ -142,14 +161,23 @@ class MergeConfig:
         return {
             "method": self.method,
             "base_model": self.base_model,
-            "models": [{"path": m.path, "weight": m.weight} for m in self.models],
+            "models": [{"path": m.path, "weight": m.weight, **({"parameters": self.resolver.explicit_for_model(i)}
+                                                              if m.parameters else {})}
+                       for i, m in enumerate(self.models)],
             "parameters": self.resolver.explicit(),
             "dtype": self.dtype,
             "exclude": list(self.exclude),
             "seed": self.seed,
             "shard_size": self.shard_size,
             "vocab_mismatch": self.vocab_mismatch,
+            "prefix": self.prefix,
         }
+
+    def _base_tensor_names(self) -> list[str]:
+        """Tensor names of the base (read from its header only when a gradient needs layer positions)."""
+        from .io.checkpoint import Checkpoint
+
+        return Checkpoint(self.base_model).keys()
 
     def excludes(self, name: str) -> bool:
         """True if tensor ``name`` matches an ``exclude`` pattern."""
@@ -159,65 +187,6 @@ class MergeConfig:
 def matches_any(name: str, patterns) -> bool:
     """True if ``name`` matches one of ``patterns`` as a glob or contains it as a substring."""
     return any(fnmatch.fnmatchcase(name, p) or p in name for p in patterns)
-
-
-def read_yaml_file(path: str | Path) -> Any:
-    """``yaml.safe_load`` of a config file, with one-line errors for a missing file or bad YAML."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config {path} is a folder, not a YAML file")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except RecursionError:
-        raise ConfigError(f"config {path} is nested too deeply") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    check_expanded_size(data, str(path))
-    return data
-
-
-MAX_CONFIG_VALUES = 100_000
-
-
-def check_expanded_size(data: Any, where: str, limit: int = MAX_CONFIG_VALUES) -> None:
-    """Refuse YAML whose aliases expand to more than ``limit`` values, or refer to themselves.
-
-    ``yaml.safe_load`` shares aliased nodes, so a "billion laughs" document loads in
-    microseconds -- but anything that walks it (``str()``, a repr in an error message,
-    pattern matching) expands it exponentially. Sizes are counted with shared nodes
-    memoised, so this check itself stays linear in the document.
-    """
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def size(value: Any) -> int:
-        if not isinstance(value, (list, dict)):
-            return 1
-        key = id(value)
-        if key in sizes:
-            return sizes[key]
-        if key in open_nodes:
-            raise ConfigError(f"config {where} contains a YAML alias that refers to itself")
-        open_nodes.add(key)
-        total = 1
-        for child in value.values() if isinstance(value, dict) else value:
-            total += size(child)
-            if total > limit:
-                raise ConfigError(f"config {where} expands to more than {limit} values (YAML aliases?)")
-        open_nodes.discard(key)
-        sizes[key] = total
-        return total
-
-    try:
-        size(data)
-    except RecursionError:
-        raise ConfigError(f"config {where} is nested too deeply") from None
 
 
 STRING_KEYS = ("method", "base_model", "device", "vocab_mismatch", "dtype")
@@ -267,11 +236,16 @@ def check_weights(method: str, weights: list[float]) -> None:
 
 
 def _resolve_path(value: str, root: Path | None) -> str:
+    """A relative path names a file next to the config (``root``), else one in the current
+    directory; a path that exists is returned absolute, so a saved ``merge_config.yaml`` replays
+    from anywhere. Anything else (a typo, a hub id) is kept as written for the loader to report."""
     path = Path(value).expanduser()
-    if path.is_absolute() or path.exists() or root is None:
+    if path.is_absolute():
         return str(path)
-    candidate = root / path
-    return str(candidate if candidate.exists() else path)
+    for candidate in ([root / path] if root is not None else []) + [path]:
+        if candidate.exists():
+            return os.path.abspath(candidate)
+    return str(path)
 
 
 def _model_spec(entry: Any, index: int, root: Path | None) -> ModelSpec:
@@ -285,24 +259,92 @@ def _model_spec(entry: Any, index: int, root: Path | None) -> ModelSpec:
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ConfigError(f"models[{index}].weight must be a number, got {short_repr(weight)}")
-    return ModelSpec(_resolve_path(str(entry["path"]), root), float(weight))
+    params = entry.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"models[{index}].parameters must be a mapping, got {short_repr(params)}")
+    return ModelSpec(_resolve_path(str(entry["path"]), root), float(weight), dict(params))
+
+
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+
+def layer_positions(names) -> dict[str, float]:
+    """mergekit's ``t`` of each tensor: ``i / (L - 1)`` for a tensor of layer ``i`` of ``L`` (1 when
+    ``L == 1``), 0 for tensors outside the layer stack (embeddings, final norm, heads)."""
+    found = {}
+    counts: dict[str, int] = {}
+    for name in names:
+        match = LAYER_INDEX.search(name)
+        if match:
+            prefix, index = name[:match.start()], int(match.group(1))
+            found[name] = (prefix, index)
+            counts[prefix] = max(counts.get(prefix, 0), index + 1)
+    out = {}
+    for name in names:
+        if name in found:
+            prefix, index = found[name]
+            out[name] = index / (counts[prefix] - 1) if counts[prefix] > 1 else 1.0
+        else:
+            out[name] = 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """A list of numbers interpolated over the layer stack (mergekit's gradients)."""
+
+    values: tuple[float, ...]
+
+    def at(self, t: float) -> float:
+        scaled = t * (len(self.values) - 1)
+        i0 = int(scaled)
+        i1 = min(len(self.values) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * self.values[i0] + frac * self.values[i1]
+
+
+_UNSET = object()
 
 
 class ParameterResolver:
-    """Resolves a method's parameters for each tensor name, with defaults and filtered overrides."""
+    """Resolves a method's parameters for each tensor name: per-model values (for the method's
+    ``per_model`` parameters), then the top-level value, then the default; in each, the first
+    matching ``{filter, value}`` rule wins, and a list of numbers is a gradient over the layers."""
 
-    def __init__(self, method: MergeMethod, parameters: dict[str, Any]):
+    def __init__(self, method: MergeMethod, parameters: dict[str, Any], model_parameters=None, tensor_names=None):
         self.method = method
+        self.per_model = tuple(getattr(method, "per_model", ()))
         self._rules: dict[str, list[tuple[str | None, Any]]] = {}
         for name, value in (parameters or {}).items():
             param = method.param(str(name))
             self._rules[name] = self._parse_rules(param, value)
+        self._model_rules: list[dict[str, list]] = []
+        for i, params in enumerate(model_parameters or []):
+            rules = {}
+            for name, value in (params or {}).items():
+                if name not in self.per_model:
+                    allowed = f"; per-model parameters of '{method.name}': {', '.join(self.per_model)}" if self.per_model else (
+                        f"; method '{method.name}' has none (set it under the top-level 'parameters')")
+                    raise ConfigError(f"models[{i}].parameters: '{name}' cannot be set per model" + allowed)
+                rules[name] = self._parse_rules(method.param(str(name)), value)
+            self._model_rules.append(rules)
+        self._tensor_names = tensor_names
+        self._positions: dict[str, float] | None = None
         self._cache: dict[str, dict[str, Any]] = {}
 
     @staticmethod
-    def _parse_rules(param, value) -> list[tuple[str | None, Any]]:
-        if not isinstance(value, list):
-            return [(None, param.coerce(value, ""))]
+    def _parse_value(param, value, where: str) -> Any:
+        if isinstance(value, list):
+            if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"parameter '{param.name}'{where}: a list must be numbers (a gradient over the layers)"
+                                  " or {filter, value} mappings")
+            return Gradient(tuple(param.coerce(v, where) for v in value))
+        return param.coerce(value, where)
+
+    @classmethod
+    def _parse_rules(cls, param, value) -> list[tuple[str | None, Any]]:
+        if not isinstance(value, list) or all(not isinstance(v, dict) for v in value):
+            return [(None, cls._parse_value(param, value, ""))]
         rules = []
         for i, item in enumerate(value):
             if not isinstance(item, dict) or "value" not in item or set(item) - {"filter", "value"}:
@@ -311,31 +353,59 @@ class ParameterResolver:
                 raise ConfigError(f"parameter '{param.name}'[{i}].filter must be a string pattern, got "
                                   f"{type(item['filter']).__name__} {short_repr(item['filter'])}")
             where = f" (filter {item.get('filter')!r})"
-            rules.append((item.get("filter"), param.coerce(item["value"], where)))
+            rules.append((item.get("filter"), cls._parse_value(param, item["value"], where)))
         return rules
 
+    def _position(self, tensor_name: str) -> float:
+        if self._positions is None:
+            names = self._tensor_names() if callable(self._tensor_names) else self._tensor_names
+            if names is None:
+                raise ConfigError("gradient parameters need the model's tensor names (use a config, not merge_state_dicts)")
+            self._positions = layer_positions(list(names))
+        return self._positions.get(tensor_name, 0.0)
+
+    def _first(self, rules, tensor_name: str) -> Any:
+        for pattern, value in rules:
+            if pattern is None or matches_any(tensor_name, [pattern]):
+                return value.at(self._position(tensor_name)) if isinstance(value, Gradient) else value
+        return _UNSET
+
     def resolve(self, tensor_name: str) -> dict[str, Any]:
-        """Parameters for ``tensor_name``: first matching filter, else the unfiltered value, else the default."""
+        """Parameters for ``tensor_name``; per-model parameters become one value per model when any model sets its own."""
         if tensor_name not in self._cache:
             resolved = self.method.defaults()
             for name, rules in self._rules.items():
-                for pattern, value in rules:
-                    if pattern is None or matches_any(tensor_name, [pattern]):
-                        resolved[name] = value
-                        break
+                value = self._first(rules, tensor_name)
+                if value is not _UNSET:
+                    resolved[name] = value
+            for name in self.per_model:
+                if any(name in rules for rules in self._model_rules):
+                    values = [self._first(rules.get(name, ()), tensor_name) for rules in self._model_rules]
+                    resolved[name] = [resolved[name] if v is _UNSET else v for v in values]
             self._cache[tensor_name] = resolved
         return self._cache[tensor_name]
 
     def filters(self) -> list[tuple[str, str]]:
         """``(parameter, filter pattern)`` for every filtered rule."""
-        return [(name, pattern) for name, rules in self._rules.items() for pattern, _ in rules if pattern is not None]
+        every = [*self._rules.items(), *(item for rules in self._model_rules for item in rules.items())]
+        return list(dict.fromkeys((name, pattern) for name, rules in every for pattern, _ in rules if pattern is not None))
+
+    @staticmethod
+    def _explicit_rules(rules) -> Any:
+        def plain(v):
+            return list(v.values) if isinstance(v, Gradient) else v
+
+        if len(rules) == 1 and rules[0][0] is None:
+            return plain(rules[0][1])
+        return [{"filter": f, "value": plain(v)} if f is not None else {"value": plain(v)} for f, v in rules]
 
     def explicit(self) -> dict[str, Any]:
         """Every parameter, with the user's rules where given and the defaults otherwise."""
         out: dict[str, Any] = self.method.defaults()
         for name, rules in self._rules.items():
-            if len(rules) == 1 and rules[0][0] is None:
-                out[name] = rules[0][1]
-            else:
-                out[name] = [{"filter": f, "value": v} if f is not None else {"value": v} for f, v in rules]
+            out[name] = self._explicit_rules(rules)
         return out
+
+    def explicit_for_model(self, index: int) -> dict[str, Any]:
+        """The per-model rules of model ``index``, in config form."""
+        return {name: self._explicit_rules(rules) for name, rules in self._model_rules[index].items()}

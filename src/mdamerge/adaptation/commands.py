@@ -40,6 +40,11 @@ def load_adapt_config(path: str | Path) -> dict[str, Any]:
     data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: an adapt config must be a mapping")
+    if {"base_model", "models", "merge_method"} & set(data):
+        raise ConfigError(
+            f"{path} is a merge config (base_model/models): `mdamerge adapt` runs data-based merging on the offline "
+            "TinyViT zoo (keys: method, suite or tasks, parameters; see `mdamerge adapt --list`); merge Hugging Face "
+            "models with `mdamerge merge` (data-free methods, `mdamerge methods`)")
     for key in data:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown config key '{key}'" + closest_hint(str(key), CONFIG_KEYS))
@@ -67,9 +72,13 @@ def load_adapt_config(path: str | Path) -> dict[str, Any]:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--no-eval", is_flag=True, help="Skip the test-set evaluation of the result.")
 @click.option("--list", "list_methods", is_flag=True, help="List the adaptive methods and their options.")
-def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods):
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods, threads):
     """Data-based merge (AdaMerging, MDA feature alignment) of an offline zoo, configured by CONFIG (YAML)."""
+    from ..cli import set_threads
     from .registry import ADAPTIVE_METHODS
+
+    set_threads(threads)
 
     if list_methods:
         for name, fn in ADAPTIVE_METHODS.items():

@@ -4,6 +4,7 @@ report folder (plots, ``report.md``, self-contained ``report.html``, ``metrics.j
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -126,6 +127,11 @@ def mean_by_model(rows: Sequence[EtfRow]) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
+def _angle_cell(value: float) -> float | str:
+    """NaN (no pair of non-zero task vectors in the layer) shown as '-'."""
+    return "-" if math.isnan(value) else value
+
+
 def build_report(inputs: AnalysisInputs, tv: TaskVectorReport, alignment: torch.Tensor | None,
                  etf_rows: list[EtfRow], folder: Path) -> tuple[Report, dict[str, Any]]:
     """Plots into ``folder`` and the report/metrics describing them."""
@@ -147,14 +153,18 @@ def build_report(inputs: AnalysisInputs, tv: TaskVectorReport, alignment: torch.
         plots.layer_curves(tv, folder / "layer_curves.png")
         report.image("layer_curves.png", "Mean pairwise cosine, mean principal angle and mean stable rank of each 2-D layer.")
         plots.angle_histogram(tv, folder / "principal_angles.png")
-        report.image("principal_angles.png", "Principal angles between the top-k task subspaces (all layers, all pairs).")
+        untouched = sum(1 for l in tv.layers if l.zero_tasks)
+        report.image("principal_angles.png", "Principal angles between the top-k task subspaces (all layers, all pairs"
+                     + (f"; {untouched} layer(s) where a task vector is exactly zero contribute no angles for it)."
+                        if untouched else ")."))
         plots.spectra(tv, folder / "spectra.png")
         report.image("spectra.png", "Normalised singular-value spectra of each task vector (representative layers).")
         report.table(
             ["layer", "shape", "k", "mean cos", "mean angle (deg)", "min angle (deg)", "mean stable rank"],
             [
-                [l.name, "x".join(map(str, l.shape)), l.k, l.mean_cosine, l.mean_angle,
-                 float(torch.cat(list(l.angles.values())).min()), sum(l.stable_ranks) / len(l.stable_ranks)]
+                [l.name, "x".join(map(str, l.shape)), l.k, l.mean_cosine, _angle_cell(l.mean_angle),
+                 _angle_cell(float(torch.cat(list(l.angles.values())).min()) if l.angles else float("nan")),
+                 sum(l.stable_ranks) / len(l.stable_ranks)]
                 for l in tv.layers
             ],
         )
@@ -181,7 +191,9 @@ def build_report(inputs: AnalysisInputs, tv: TaskVectorReport, alignment: torch.
         "labels": labels,
         "global_cosine": tv.global_cosine.tolist(),
         "layers": [
-            {"name": l.name, "shape": list(l.shape), "k": l.k, "mean_cosine": l.mean_cosine, "mean_angle": l.mean_angle,
+            {"name": l.name, "shape": list(l.shape), "k": l.k, "mean_cosine": l.mean_cosine,
+             "mean_angle": None if math.isnan(l.mean_angle) else l.mean_angle,
+             "zero_tasks": [labels[t] for t in l.zero_tasks],
              "stable_ranks": l.stable_ranks, "cosine": l.cosine.tolist(), "norms": l.norms}
             for l in tv.layers
         ],
@@ -207,7 +219,8 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
     models = [Checkpoint(p) for p in inputs.models]
     merged = [Checkpoint(p) for p in inputs.merged]
     for label, ckpt in zip([*labels, *unique_labels(inputs.merged)], [*models, *merged]):
-        missing = [n for n in base.keys() if n not in ckpt]
+        # integer buffers (position_ids, ...) are not task-vector material; merge ignores them too
+        missing = [n for n in base.keys() if n not in ckpt and base.info(n).dtype.is_floating_point]
         if missing:
             raise MergeError(f"model '{label}' ({ckpt.path}) lacks tensor '{missing[0]}' of the base")
     progress("task-vector geometry")

@@ -20,16 +20,26 @@ def _paths(values) -> list[Path]:
 @click.option("--merged", multiple=True, help="Merged checkpoints to compare (repeat, or comma-separate).")
 @click.option("--suite", default=None, help="Offline suite (tiny3, tasks8, tasks14, tasks20): enables Delta_ETF on its test sets.")
 @click.option("--tasks", "task_list", default=None, help="Comma-separated zoo tasks instead of --suite.")
-@click.option("--zoo-root", default=None, type=click.Path(file_okay=False), help="Zoo folder (default: the zoo's own default).")
+@click.option("--cache", default=None, type=click.Path(file_okay=False),
+              help="Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo.")
+@click.option("--zoo-root", default=None, type=click.Path(file_okay=False), hidden=True,
+              help="The zoo folder itself (old name; use --cache).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
 @click.option("--rank-fraction", type=float, default=None, help="k for principal angles as a fraction of min(m,n) (default 1/T).")
 @click.option("--max-layers", type=int, default=None, help="Analyse only the first N 2-D layers.")
 @click.option("--max-samples", type=int, default=2000, show_default=True, help="Test inputs per task for Delta_ETF.")
 @click.option("--device", default="cpu", show_default=True, help="Device for feature extraction (cpu, cuda, ...).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def analyze(base, models, merged, suite, task_list, zoo_root, rank_fraction, max_layers, max_samples, device, out_dir, overwrite):
+def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, rank_fraction, max_layers, max_samples,
+            device, out_dir, overwrite):
     """Directional diagnostics: task-vector cosines, principal angles, spectra and Delta_ETF, as an HTML/Markdown report."""
+    from ..cli import set_threads
     from .analysis import AnalysisInputs, run_analysis
+
+    set_threads(threads)
+    if cache and zoo_root:
+        raise MergeError("give --cache (the zoo is CACHE/zoo) or the old --zoo-root, not both")
 
     if suite and task_list:
         raise MergeError("give either --suite or --tasks, not both")
@@ -45,7 +55,12 @@ def analyze(base, models, merged, suite, task_list, zoo_root, rank_fraction, max
         if suite and suite not in SUITES:
             raise MergeError(f"unknown suite '{suite}'" + closest_hint(suite, SUITES) + f"; choose from {', '.join(SUITES)}")
         tasks = resolve_tasks(suite or task_list)
-        zoo = Zoo(root=zoo_root)
+        if cache:
+            from ..zoo.commands import zoo_from_cache
+
+            zoo = zoo_from_cache(cache)
+        else:
+            zoo = Zoo(root=zoo_root)
         missing = zoo.missing(tasks)
         if missing:
             raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")

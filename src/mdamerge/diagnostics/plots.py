@@ -74,24 +74,39 @@ def angle_histogram(report: TaskVectorReport, path: Path) -> Path:
     return _save(fig, path)
 
 
+def representative_layers(layers, max_panels: int):
+    """Up to ``max_panels`` layers spread over the depth, among those where every task vector is
+    non-zero (else those where any is): an untouched layer (e.g. a pooler) has no spectrum to show."""
+    candidates = [l for l in layers if not l.zero_tasks] or [l for l in layers if len(l.zero_tasks) < len(l.norms)]
+    if len(candidates) > max_panels:
+        picks = sorted({round(i * (len(candidates) - 1) / (max_panels - 1)) for i in range(max_panels)})
+        candidates = [candidates[i] for i in picks]
+    return candidates
+
+
 def spectra(report: TaskVectorReport, path: Path, max_panels: int = 4) -> Path:
     """Normalised singular-value spectra of every task vector for a few representative layers."""
-    layers = report.layers
-    if len(layers) > max_panels:
-        picks = sorted({round(i * (len(layers) - 1) / (max_panels - 1)) for i in range(max_panels)})
-        layers = [layers[i] for i in picks]
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
+    layers = representative_layers(report.layers, max_panels)
+    fig, axes = plt.subplots(1, max(1, len(layers)), figsize=(3.2 * max(1, len(layers)), 3.4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, layer in zip(axes[0], layers):
-        for label, s in zip(report.labels, layer.spectra):
+        for t, (label, s) in enumerate(zip(report.labels, layer.spectra)):
             if len(s) and s[0] > 0:
-                ax.semilogy(range(1, len(s) + 1), (s / s[0]).clamp_min(1e-8).numpy(), lw=1, label=label)
+                ax.semilogy(range(1, len(s) + 1), (s / s[0]).clamp_min(1e-8).numpy(), lw=1,
+                            color=colors[t % len(colors)])
         ax.axvline(layer.k, color="grey", ls="--", lw=0.8)
         ax.set_title(short_name(layer.name), fontsize=8)
         ax.set_xlabel("index (dashed: k)")
+    if not layers:
+        axes[0][0].text(0.5, 0.5, "every task vector is zero", ha="center", va="center", transform=axes[0][0].transAxes)
     axes[0][0].set_ylabel("s_i / s_1")
-    if len(report.labels) <= 10:
-        axes[0][-1].legend(fontsize=6)
-    return _save(fig, path)
+    # one legend for the figure, one entry per task (same colour in every panel)
+    handles = [plt.Line2D([], [], color=colors[t % len(colors)], lw=1.5) for t in range(len(report.labels))]
+    fig.legend(handles, report.labels, loc="lower center", ncol=min(len(report.labels), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(report.labels) - 1) // 6), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def delta_etf_bars(values: Mapping[str, float], path: Path) -> Path:

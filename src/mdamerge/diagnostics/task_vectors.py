@@ -6,7 +6,7 @@ For every 2-D tensor ``W`` shared by the base and all models, with task vectors
 * the ``T x T`` cosine-similarity matrix of the flattened ``tau_t``;
 * principal angles between the top-``k`` left singular subspaces of every pair
   ``(tau_i, tau_j)``: ``theta = arccos(sigma(U_i^T U_j))`` in degrees (0 = shared
-  direction, 90 = orthogonal);
+  direction, 90 = orthogonal); pairs with an all-zero task vector have no angles;
 * the singular-value spectrum of every ``tau_t`` (and its stable rank
   ``||s||^2 / s_max^2``).
 
@@ -37,6 +37,11 @@ class LayerStats:
     angles: dict[tuple[int, int], torch.Tensor]  # (i, j), i < j -> k principal angles in degrees
     spectra: list[torch.Tensor]  # per task, descending singular values
     norms: list[float]
+
+    @property
+    def zero_tasks(self) -> list[int]:
+        """Tasks whose task vector is exactly zero here (left out of the principal angles)."""
+        return [t for t, n in enumerate(self.norms) if n == 0.0]
 
     @property
     def mean_cosine(self) -> float:
@@ -104,9 +109,12 @@ def layer_stats(name: str, deltas: Sequence[torch.Tensor], k: int) -> LayerStats
         u, s, _ = torch.linalg.svd(d.double(), full_matrices=False)
         spectra.append(s.float())
         bases.append(u[:, :k])
+    # A zero task vector (a tensor the fine-tuning left untouched) has no singular directions:
+    # its SVD basis is arbitrary, and pairing it would count as spurious "shared" angles.
+    active = [bool(d.any()) for d in deltas]
     angles = {
         (i, j): principal_angles(bases[i], bases[j]).float()
-        for i in range(len(deltas)) for j in range(i + 1, len(deltas))
+        for i in range(len(deltas)) for j in range(i + 1, len(deltas)) if active[i] and active[j]
     }
     return LayerStats(
         name=name, shape=tuple(deltas[0].shape), k=k, cosine=cosine_matrix(deltas).float(), angles=angles,

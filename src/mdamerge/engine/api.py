@@ -17,6 +17,8 @@ from ..errors import MergeError, warn
 from ..io.writer import AtomicOutputDir, ShardedWriter, check_output_location, copy_planned_files, plan_non_weight_files, writing
 from ..methods import get_method
 from .core import MergeEngine, resolve_device
+from .prefixes import align_prefixes
+from .prefixes import announce as announce_prefixes
 from .sources import CheckpointSource, StateDictSource
 
 
@@ -80,6 +82,9 @@ def merge(
     base = CheckpointSource(cfg.base_model)
     models = [CheckpointSource(m.path) for m in cfg.models]
     check_output_location(out_dir, [file for source in (base, *models) for file in source.checkpoint.files])
+    prefixes = align_prefixes(base, models, cfg.prefix)  # classification checkpoints: backbone under 'bert.' etc.
+    announce_prefixes(prefixes)
+    models = prefixes.models
     engine = MergeEngine(
         base, models, cfg.method_impl, cfg.resolver.resolve,
         weights=[m.weight for m in cfg.models], excluded=cfg.excludes, out_dtype=out_dtype,
@@ -105,6 +110,7 @@ def merge(
         stats = {"merged": len(engine.plan.merged), "copied": len(engine.plan.copied), "exclude": effective_exclude}
         with writing(out_dir):
             writer.close()
+            prefixes.save_heads(tmp)
             copy_planned_files(extra_files, tmp, out_dir)
             explicit = cfg.to_dict()
             (tmp / "merge_config.yaml").write_text(yaml.safe_dump(explicit, sort_keys=False))

@@ -138,7 +138,8 @@ class BenchResult:
 # Method selection
 # ---------------------------------------------------------------------------
 def data_free_methods() -> list[str]:
-    names = available_methods()
+    # 'gta' is mergekit's formulation of methods already in the table (what mergekit configs run)
+    names = [m for m in available_methods() if m != "gta"]
     return [m for m in PREFERRED_ORDER if m in names] + [m for m in names if m not in PREFERRED_ORDER]
 
 
@@ -208,11 +209,14 @@ class ScaledMerge:
 
     def _merge(self, **extra) -> dict[str, torch.Tensor]:
         return merge_state_dicts(self.base, self.finetuned, self.method, seed=self.seed, device=self.device,
-                                 **self.params, **extra)
+                                 **{**self.params, **extra})
 
     def __call__(self, scaling: float | None = None) -> dict[str, torch.Tensor]:
+        """The merge at ``scaling`` (``None``: the configured or default scaling, as with --no-search)."""
         if not self.has_scaling:
             return self._merge()
+        if scaling is None:
+            scaling = self.params.get("scaling", get_method(self.method).defaults()["scaling"])
         if not self.linear:
             return self._merge(scaling=scaling)
         if self._unit is None:
@@ -338,6 +342,9 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
         "zoo_settings": zoo.settings.to_dict(),
         "zoo_build_seconds": {"pretrained": zoo.pretrain_record.get("seconds"),
                               **{t: zoo.records[t].get("seconds") for t in tasks}},
+        # training is bit-reproducible only at the same thread count
+        "zoo_build_threads": {"pretrained": zoo.pretrain_record.get("threads"),
+                              **{t: zoo.records[t].get("threads") for t in tasks}},
     }
     result = BenchResult(suite_name, tasks, rows, meta)
     if out_dir is not None:

@@ -21,10 +21,15 @@ from ..zoo.tasks import SUITES
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Save eval.json and eval.md here.")
-def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir):
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
     """Accuracy of the backbone in MODEL_DIR (e.g. a merged zoo model) on each task, through the zoo's heads."""
+    from ..cli import set_threads
     from .evaluate import average, evaluate_folder, normalized
     from .tables import pct
+
+    set_threads(threads)
+    _require_zoo_model(model_dir)
 
     zoo = zoo_from_cache(cache)
     names = task_selection(suite, tasks)
@@ -85,6 +90,22 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
                        threads=threads)
     click.echo(terminal_report(result))
     click.echo(f"saved {out / f'bench-{result.suite}.json'} and {out / f'bench-{result.suite}.md'}")
+
+
+def _require_zoo_model(model_dir: str) -> None:
+    """`eval` measures TinyViT zoo backbones; say so for any other model instead of a layout error."""
+    from ..zoo.model import MODEL_TYPE
+
+    config = Path(model_dir) / "config.json"
+    try:
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    except (OSError, ValueError):
+        model_type = None
+    if model_type is not None and model_type != MODEL_TYPE:
+        raise MergeError(
+            f"{model_dir} is a '{model_type}' model: `mdamerge eval` measures TinyViT backbones of the offline zoo "
+            f"(model_type '{MODEL_TYPE}'); evaluate it with its own library (transformers, sentence-transformers), "
+            "or run a Hugging Face recipe with `mdamerge bench --recipe NAME`")
 
 
 def _run_recipe(recipe: str, methods: str, out_dir: str | None, device: str) -> None:

@@ -136,6 +136,16 @@ def data_based_section(adaptive_page: Path) -> str:
     return intro + "\n".join(body) + "\n"
 
 
+def zoo_threads_line(zoo: Zoo) -> str:
+    """The torch thread counts the zoo was trained with (zoo.json): training is bit-reproducible only at the same count."""
+    counts = {zoo.pretrain_record.get("threads"), *(r.get("threads") for r in zoo.records.values())} - {None}
+    if not counts:
+        return "Zoo training threads: not recorded (zoo built before they were).\n"
+    shown = ", ".join(str(c) for c in sorted(counts))
+    return (f"Zoo trained with {shown} torch thread(s) (zoo.json); the same zoo numbers to the last digit need the "
+            "same count (`mdamerge zoo build --threads N`).\n")
+
+
 def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float,
            adaptive_page: Path | None = None) -> str:
     s = zoo.settings
@@ -146,6 +156,7 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         f"Run started {started}, took {seconds / 60:.0f} min; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.machine()}); "
         "the machine is shared, so times depend on its load (load averages below).\n",
+        zoo_threads_line(zoo),
         f"Backbone: TinyViT dim {s.model.dim}, depth {s.model.depth}, patch {s.model.patch_size}, "
         f"{zoo.pretrain_record.get('num_parameters')} parameters. Fine-tuning: {s.finetune.steps} steps, batch "
         f"{s.finetune.batch_size}, AdamW lr {s.finetune.lr}, heads frozen (linear probes of the pretrained backbone).\n",

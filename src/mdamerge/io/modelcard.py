@@ -22,7 +22,7 @@ def model_card(config: dict[str, Any], summary: str, stats: dict[str, Any]) -> s
 
 # Merged model ({config['method']})
 
-Made with [mdamerge](https://pypi.org/project/mdamerge/) {__version__}: {summary}
+Made with mdamerge {__version__}: {summary}
 
 - **Method:** `{config['method']}`
 - **Base model:** `{config['base_model']}`

@@ -43,9 +43,16 @@ def parse_weights(text: str | None):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, device, seed, overwrite, quiet):
-    """Merge PEFT LoRA ADAPTERS (folders) trained on BASE into a full model or a new adapter."""
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, device, seed, overwrite, quiet, threads):
+    """Merge PEFT LoRA ADAPTERS (folders) trained on BASE into a full model or a new adapter.
+
+    OUT/merge_config.yaml replays the merge: `mdamerge merge OUT/merge_config.yaml --out DIR`.
+    """
+    from ..cli import set_threads
     from .merge import merge_lora
+
+    set_threads(threads)
 
     result = merge_lora(base, list(adapters), out_dir, method, output=output, rank=rank, weights=parse_weights(weights),
                         parameters=parse_params(params), dtype=dtype, device=device, seed=seed, overwrite=overwrite,

@@ -31,6 +31,7 @@ otherwise from a top-k SVD of the dense merged delta.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,8 +288,9 @@ class LoraMerger:
 
     def explicit_config(self, output: str, rank: int | None, dtype: str | None) -> dict[str, Any]:
         return {
-            "method": self.method.name, "base_model": str(self.base_path),
-            "models": [{"path": a.label, "weight": w} for a, w in zip(self.adapters, self.weights)],
+            # absolute paths: `mdamerge merge OUT/merge_config.yaml` replays it from any directory
+            "method": self.method.name, "base_model": os.path.abspath(self.base_path),
+            "models": [{"path": os.path.abspath(a.label), "weight": w} for a, w in zip(self.adapters, self.weights)],
             "parameters": self.resolver.explicit(), "dtype": dtype, "exclude": [], "seed": self.seed,
             "lora": {"output": output, "rank": rank},
         }

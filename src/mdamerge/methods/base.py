@@ -87,6 +87,12 @@ class TensorJob:
         return [d if w == 1.0 else d * w for d, w in zip(self.deltas, self.weights)]
 
 
+def per_model_values(value: Any, num_tasks: int) -> list:
+    """A parameter a method takes per model (its ``per_model`` names) as one value per model:
+    the config gives a list when some model sets its own value, a single value otherwise."""
+    return list(value) if isinstance(value, (list, tuple)) else [value] * num_tasks
+
+
 TaskVectorStream = Callable[[], Iterator[tuple[str, list[torch.Tensor], list[float], dict[str, Any]]]]
 
 

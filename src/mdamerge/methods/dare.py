@@ -11,7 +11,7 @@ import zlib
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
+from .base import MergeMethod, Param, TensorJob, per_model_values
 from .registry import register
 from .task_arithmetic import SCALING
 
@@ -28,12 +28,14 @@ def dare_mask(shape: torch.Size, drop_rate: float, seed: int) -> torch.Tensor:
 
 
 class Dare(MergeMethod):
+    per_model = ("drop_rate",)  # models[i].parameters.drop_rate: a drop rate per model
+
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
-        p = job.params["drop_rate"]
+        rates = per_model_values(job.params["drop_rate"], job.num_tasks)
         if job.params["only_2d"] and job.base.ndim != 2:
             return job.params["scaling"] * sum(job.weighted_deltas())
         out = torch.zeros_like(job.base)
-        for t, delta in enumerate(job.weighted_deltas()):
+        for t, (delta, p) in enumerate(zip(job.weighted_deltas(), rates)):
             keep = dare_mask(delta.shape, p, stable_seed(job.seed, job.name, t)).to(delta.device)
             kept = delta * keep
             out += kept / (1.0 - p) if job.params["rescale"] else kept

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
+from .base import MergeMethod, Param, TensorJob, per_model_values
 from .registry import register
 from .task_arithmetic import SCALING
 
@@ -44,7 +44,7 @@ def _rank_in_histogram(hist: torch.Tensor, rank: int) -> tuple[int, int]:
     return bucket, rank - below
 
 
-def global_trim_thresholds(stream, density: float) -> list[float]:
+def global_trim_thresholds(stream, density: float | list[float]) -> list[float]:
     """Exact per-task thresholds over the whole model, in two streaming passes of bounded memory.
 
     ``stream()`` must return a fresh iterator of ``(name, deltas, weights, params)`` each call;
@@ -61,10 +61,11 @@ def global_trim_thresholds(stream, density: float) -> list[float]:
             hi[t] += torch.bincount((magnitude_bits(d * w) >> 16).flatten().cpu(), minlength=_BUCKETS)
     if hi is None:
         return []
-    rank = trim_rank(numel, density)
-    if rank <= 0:
+    # one density per task when models set their own (per_model), else one for all
+    ranks = [trim_rank(numel, d) for d in per_model_values(density, hi.shape[0])]
+    if all(rank <= 0 for rank in ranks):
         return [0.0] * hi.shape[0]
-    located = [_rank_in_histogram(hi[t], rank) for t in range(hi.shape[0])]
+    located = [_rank_in_histogram(hi[t], max(rank, 1)) for t, rank in enumerate(ranks)]
     lo = torch.zeros_like(hi)
     for _, deltas, weights, _ in stream():
         for t, (d, w) in enumerate(zip(deltas, weights)):
@@ -72,6 +73,9 @@ def global_trim_thresholds(stream, density: float) -> list[float]:
             lo[t] += torch.bincount(bits[(bits >> 16) == located[t][0]] & 0xFFFF, minlength=_BUCKETS)
     thresholds = []
     for t, (bucket, rank_in_bucket) in enumerate(located):
+        if ranks[t] <= 0:
+            thresholds.append(0.0)
+            continue
         low, _ = _rank_in_histogram(lo[t], rank_in_bucket)
         pattern = torch.tensor([(bucket << 16) | low], dtype=torch.int32)
         thresholds.append(float(pattern.view(torch.float32).item()))
@@ -101,6 +105,8 @@ def elect_and_merge(trimmed: list[torch.Tensor], merge_func: str) -> torch.Tenso
 
 
 class Ties(MergeMethod):
+    per_model = ("density",)  # models[i].parameters.density: a density per model
+
     def prepare(self, stream, params_for):
         first = next(iter(stream()), None)
         if first is None or first[3]["scope"] != "global":
@@ -109,12 +115,12 @@ class Ties(MergeMethod):
         return global_trim_thresholds(stream, first[3]["density"])
 
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
-        density = job.params["density"]
+        densities = per_model_values(job.params["density"], job.num_tasks)
         deltas = job.weighted_deltas()
         if job.state is not None:
             thresholds = job.state
         else:
-            thresholds = [trim_threshold(d, density) for d in deltas]
+            thresholds = [trim_threshold(d, density) for d, density in zip(deltas, densities)]
         trimmed = [d * (d.abs() >= th) for d, th in zip(deltas, thresholds)]
         return job.params["scaling"] * elect_and_merge(trimmed, job.params["merge_func"])
 

@@ -225,16 +225,17 @@ class Zoo:
     # -- building --------------------------------------------------------------------
     def build(
         self, tasks_or_suite: str | Iterable[str] = "tasks8", progress: bool = True, device: str = "cpu",
-        threads: int | None = None,
+        threads: int | None = None, log=None,
     ) -> dict[str, float]:
         """Build whatever is missing for these tasks; returns seconds spent per stage.
 
         ``threads``: torch threads on CPU (default: as many as the machine's load leaves free).
+        ``log``: called with one line as each stage starts and ends (e.g. ``click.echo`` under ``--quiet``).
         """
         with cpu_threads(threads, device):
-            return self._build(tasks_or_suite, progress, device)
+            return self._build(tasks_or_suite, progress, device, log or (lambda _line: None))
 
-    def _build(self, tasks_or_suite: str | Iterable[str], progress: bool, device: str) -> dict[str, float]:
+    def _build(self, tasks_or_suite: str | Iterable[str], progress: bool, device: str, log=lambda _line: None) -> dict[str, float]:
         tasks = resolve_tasks(_as_names(tasks_or_suite))
         todo = [t for t in tasks if not self.is_built(t)]
         need_base = not self.has_base()
@@ -246,12 +247,17 @@ class Zoo:
         try:
             if need_base:
                 bar.set_description("pretraining backbone")
+                log(f"pretraining backbone ({self.settings.pretrain.steps} steps, {torch.get_num_threads()} threads)")
                 timings["pretrained"] = self._build_base(bar, device)
+                log(f"pretrained backbone done in {timings['pretrained']:.0f} s")
             if todo:
                 base = self.load_backbone()
-                for task in todo:
+                for i, task in enumerate(todo, 1):
                     bar.set_description(f"fine-tuning {task}")
+                    log(f"fine-tuning {task} ({i}/{len(todo)}, {self.settings.finetune.steps} steps)")
                     timings[task] = self._build_task(task, base, bar, device)
+                    record = self._state["tasks"][task]
+                    log(f"{task} done in {timings[task]:.0f} s (test accuracy {record['finetuned']['test']:.3f})")
         finally:
             bar.close()
         return timings

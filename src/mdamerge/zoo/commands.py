@@ -33,7 +33,7 @@ def zoo_group() -> None:
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--device", default="cpu", show_default=True, help="Training device, e.g. cpu or cuda.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores the machine's load leaves free).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar: one line per stage instead.")
 def build_cmd(suite, tasks, cache, device, threads, quiet):
     """Build what is missing (reusing what is already built) and show each task's accuracies."""
     import time
@@ -43,7 +43,7 @@ def build_cmd(suite, tasks, cache, device, threads, quiet):
     missing = zoo.missing(names)
     click.echo(f"zoo: {zoo.root} ({len(names) - len(missing)}/{len(names)} tasks already built)")
     start = time.perf_counter()
-    timings = zoo.build(names, progress=not quiet, device=device, threads=threads)
+    timings = zoo.build(names, progress=not quiet, device=device, threads=threads, log=click.echo if quiet else None)
     _print_status(zoo, names)
     if timings:
         click.echo(f"built in {time.perf_counter() - start:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")")

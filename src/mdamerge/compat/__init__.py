@@ -1,0 +1,1 @@
+"""Readers of other merging tools' configurations (mergekit)."""

@@ -1,0 +1,69 @@
+"""Reading YAML config files without importing torch, so that bad configs fail fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """``yaml.safe_load`` of a config file, with one-line errors for a missing file or bad YAML."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    check_expanded_size(data, str(path))
+    return data
+
+
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_expanded_size(data: Any, where: str, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse YAML whose aliases expand to more than ``limit`` values, or refer to themselves.
+
+    ``yaml.safe_load`` shares aliased nodes, so a "billion laughs" document loads in
+    microseconds -- but anything that walks it (``str()``, a repr in an error message,
+    pattern matching) expands it exponentially. Sizes are counted with shared nodes
+    memoised, so this check itself stays linear in the document.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (list, dict)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(f"config {where} contains a YAML alias that refers to itself")
+        open_nodes.add(key)
+        total = 1
+        for child in value.values() if isinstance(value, dict) else value:
+            total += size(child)
+            if total > limit:
+                raise ConfigError(f"config {where} expands to more than {limit} values (YAML aliases?)")
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(data)
+    except RecursionError:
+        raise ConfigError(f"config {where} is nested too deeply") from None
