@@ -6,16 +6,14 @@ line, ``error: ...``, with exit status 2 -- never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import signal
 import sys
-import threading
 
 import click
 
 from . import __version__
 from .errors import MergeError
+from .interrupts import interrupts_as_errors
 
 # Sub-commands that live in their own packages: (module, attribute), imported at start-up, or
 # (module, attribute, name, one-line help), imported only when that command runs -- so that
@@ -126,24 +124,6 @@ def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_add
     )
 
 
-@contextlib.contextmanager
-def interrupts_as_errors(out_dir):
-    """SIGTERM is handled like SIGINT: both unwind the merge, so its partial output folder is
-    removed, and end in one line and exit status 2."""
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
-    try:
-        yield
-    except KeyboardInterrupt as exc:
-        name = "SIGTERM" if str(exc) == "SIGTERM" else "SIGINT"
-        raise MergeError(f"interrupted by {name}; the partial output of {out_dir} was removed") from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 ADAPTIVE_HINTS = ("adamerging", "adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot")
 
 
@@ -175,7 +155,7 @@ def _replay_lora(config, out_dir, device, dtype, overwrite, quiet) -> None:
 
     result = replay_lora_config(config, out_dir, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
     click.echo(f"replayed a LoRA merge ({result.output}) of {result.adapted} weights with '{result.method}' "
-               f"in {result.seconds:.1f}s -> {result.out_dir}")
+               f"in {result.seconds:.1f}s -> {result.out_dir}" + (" (replaced the existing folder)" if result.replaced else ""))
 
 
 @main.command("methods")

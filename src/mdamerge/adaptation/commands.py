@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError, closest_hint
+from ..interrupts import interruptible
 
 CONFIG_KEYS = ("method", "suite", "tasks", "zoo_root", "device", "seed", "max_unlabeled", "parameters")
 
@@ -73,6 +74,7 @@ def load_adapt_config(path: str | Path) -> dict[str, Any]:
 @click.option("--no-eval", is_flag=True, help="Skip the test-set evaluation of the result.")
 @click.option("--list", "list_methods", is_flag=True, help="List the adaptive methods and their options.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@interruptible("out_dir")
 def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods, threads):
     """Data-based merge (AdaMerging, MDA feature alignment) of an offline zoo, configured by CONFIG (YAML)."""
     from ..cli import set_threads
@@ -86,6 +88,7 @@ def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods, thre
         return
     if not config or not out_dir:
         raise ConfigError("adapt needs CONFIG and --out (or --list)")
+    from ..io.writer import check_output_folder
     from ..zoo.build import Zoo
     from .output import save_adaptive_result
 
@@ -94,6 +97,7 @@ def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods, thre
     if steps is not None:
         params["steps"] = steps
     zoo = Zoo(root=cfg.get("zoo_root"))
+    replacing = check_output_folder(out_dir, [config, zoo.root], overwrite)  # before minutes of training
     tasks = cfg.get("suite") or cfg.get("tasks")
     dev = device or cfg.get("device", "cpu")
     result = ADAPTIVE_METHODS[cfg["method"]](
@@ -108,6 +112,7 @@ def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods, thre
             result.state_dict, zoo, resolve_tasks(tasks), split="test", device=dev, feature_transforms=result.feature_transforms
         )
     save_adaptive_result(result, out_dir, base_dir=zoo.base_dir, overwrite=overwrite, extra_info=extra)
-    click.echo(f"{cfg['method']}: {result.info.get('steps')} steps in {result.info.get('seconds', 0):.1f}s -> {out_dir}")
+    click.echo(f"{cfg['method']}: {result.info.get('steps')} steps in {result.info.get('seconds', 0):.1f}s -> {out_dir}"
+               + (" (replaced the existing folder)" if replacing else ""))
     if "test_accuracy" in extra:
         click.echo(f"test accuracy: {extra['test_accuracy']}")

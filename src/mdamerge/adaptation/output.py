@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..io.writer import AtomicOutputDir, copy_non_weight_files
+from ..io.writer import OutputFolder, check_output_location, copy_non_weight_files
 from .adamerging import AdaptiveResult
 from .rotations import FixedRotation
 
@@ -45,8 +45,12 @@ def transform_tensors(result: AdaptiveResult) -> dict[str, torch.Tensor]:
 
 def save_adaptive_result(result: AdaptiveResult, out_dir: str | Path, base_dir: str | Path | None = None,
                          overwrite: bool = False, extra_info: dict[str, Any] | None = None) -> Path:
-    """Write ``result`` as a model folder (atomically); non-weight files are copied from ``base_dir``."""
-    with AtomicOutputDir(out_dir, overwrite=overwrite) as tmp:
+    """Write ``result`` as a model folder (atomically); non-weight files are copied from ``base_dir``.
+
+    ``out_dir`` must not overlap ``base_dir``; a write failure is one line (docs/safety.md).
+    """
+    check_output_location(out_dir, [base_dir] if base_dir is not None else [])
+    with OutputFolder(out_dir, overwrite=overwrite) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if base_dir is not None and Path(base_dir).is_dir():

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import MergeError
 from ..io.checkpoint import Checkpoint
-from ..io.writer import AtomicOutputDir
+from ..io.writer import OutputFolder, check_output_folder
 from . import plots
 from .etf import class_means, delta_etf, extract_features, prototype_misalignment
 from .report import Report
@@ -215,6 +215,7 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
     labels = inputs.model_labels()
     if len(labels) != len(inputs.models):
         raise MergeError(f"{len(labels)} labels for {len(inputs.models)} models")
+    check_output_folder(out_dir, [inputs.base, *inputs.models, *inputs.merged, *([zoo.root] if zoo else [])], overwrite)
     base = Checkpoint(inputs.base)
     models = [Checkpoint(p) for p in inputs.models]
     merged = [Checkpoint(p) for p in inputs.merged]
@@ -227,7 +228,7 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
     tv = analyze_task_vectors(base.get, [m.get for m in models], base.keys(), labels, inputs.rank_fraction, inputs.max_layers)
     alignment = merged_alignment(base, merged, models) if merged else None
     etf_rows = delta_etf_rows(inputs, zoo, labels, progress) if inputs.tasks else []
-    with AtomicOutputDir(out_dir, overwrite=overwrite) as tmp:
+    with OutputFolder(out_dir, overwrite=overwrite) as tmp:
         report, metrics = build_report(inputs, tv, alignment, etf_rows, tmp)
         report.write(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import MergeError
+from ..interrupts import interruptible
 
 
 def _paths(values) -> list[Path]:
@@ -31,6 +32,7 @@ def _paths(values) -> list[Path]:
 @click.option("--device", default="cpu", show_default=True, help="Device for feature extraction (cpu, cuda, ...).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@interruptible("out_dir")
 def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, rank_fraction, max_layers, max_samples,
             device, out_dir, overwrite):
     """Directional diagnostics: task-vector cosines, principal angles, spectra and Delta_ETF, as an HTML/Markdown report."""
@@ -74,8 +76,9 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, ra
         base=Path(base), models=model_paths, merged=_paths(merged), tasks=tasks, rank_fraction=rank_fraction,
         max_layers=max_layers, max_samples=max_samples, device=device,
     )
+    replacing = overwrite and Path(out_dir).is_dir()
     metrics = run_analysis(inputs, out_dir, zoo=zoo, overwrite=overwrite, progress=lambda m: click.echo(m, err=True))
     summary = f"{len(metrics['layers'])} layers"
     if metrics["delta_etf_mean"]:
         summary += ", mean Delta_ETF: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["delta_etf_mean"].items())
-    click.echo(f"report -> {Path(out_dir) / 'report.html'} ({summary})")
+    click.echo(f"report -> {Path(out_dir) / 'report.html'} ({summary})" + (" (replaced the existing folder)" if replacing else ""))

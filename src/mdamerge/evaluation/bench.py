@@ -123,15 +123,11 @@ class BenchResult:
 
         from .tables import markdown_report
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / f"bench-{self.suite}.json", "markdown": out / f"bench-{self.suite}.md"}
-        for kind, path in paths.items():
-            text = json.dumps(self.to_dict(), indent=2) + "\n" if kind == "json" else markdown_report(self)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-        return paths
+        from ..io.writer import write_result_files
+
+        files = write_result_files(out_dir, {f"bench-{self.suite}.json": json.dumps(self.to_dict(), indent=2) + "\n",
+                                             f"bench-{self.suite}.md": markdown_report(self)})
+        return dict(zip(("json", "markdown"), files.values()))
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import MergeError
+from ..interrupts import interruptible
 from ..zoo.build import default_cache_dir
 from ..zoo.commands import CACHE_HELP, task_selection, zoo_from_cache
 from ..zoo.tasks import SUITES
@@ -22,9 +23,11 @@ from ..zoo.tasks import SUITES
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Save eval.json and eval.md here.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@interruptible("out_dir")
 def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
     """Accuracy of the backbone in MODEL_DIR (e.g. a merged zoo model) on each task, through the zoo's heads."""
     from ..cli import set_threads
+    from ..io.writer import check_results_folder, write_result_files
     from .evaluate import average, evaluate_folder, normalized
     from .tables import pct
 
@@ -32,6 +35,8 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
     _require_zoo_model(model_dir)
 
     zoo = zoo_from_cache(cache)
+    if out_dir:
+        check_results_folder(out_dir, [model_dir, zoo.root])
     names = task_selection(suite, tasks)
     missing = zoo.missing(names)
     if missing:
@@ -46,11 +51,10 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
     click.echo(f"{model_dir} on {split} ({len(names)} tasks), accuracy (%):\n\n{table}")
     if out_dir:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(
+        write_result_files(out, {"eval.json": json.dumps(
             {"model": str(model_dir), "split": split, "tasks": names, "accuracies": acc, "normalized": norm,
-             "average": average(acc), "normalized_average": average(norm) if norm else None}, indent=2) + "\n")
-        (out / "eval.md").write_text(table)
+             "average": average(acc), "normalized_average": average(norm) if norm else None}, indent=2) + "\n",
+            "eval.md": table})
         click.echo(f"saved {out / 'eval.json'} and {out / 'eval.md'}")
 
 
@@ -70,6 +74,7 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores the machine's load leaves free).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@interruptible("out_dir")
 def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, threads, quiet):
     """Merge the zoo's fine-tuned backbones with each method and print the accuracy table.
 
@@ -79,11 +84,13 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
     if recipe:
         _run_recipe(recipe, methods, out_dir, device)
         return
+    from ..io.writer import check_results_folder
     from .bench import run_bench
     from .tables import terminal_report
 
     zoo = zoo_from_cache(cache)
     out = Path(out_dir) if out_dir else (Path(cache).expanduser() if cache else default_cache_dir()) / "results"
+    check_results_folder(out, [zoo.root])
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_bench(task_selection(suite, tasks) if tasks else suite, methods, zoo=zoo, out_dir=out, device=device,
                        search=not no_search, val_limit=val_limit or None, seed=seed, progress=not quiet, log=log,

@@ -264,10 +264,10 @@ def run_recipe(
             _save_vision_tower(evaluator, Path(out_dir) / method)
     result = RecipeResult(name, task_list, rows, parameters, seconds, {t: len(splits[t]) for t in task_list})
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        (out / "results.md").write_text(result.markdown() + "\n")
+        from ..io.writer import write_result_files
+
+        write_result_files(out_dir, {"results.json": json.dumps(result.to_dict(), indent=2) + "\n",
+                                     "results.md": result.markdown() + "\n"})
     return result
 
 
@@ -282,12 +282,12 @@ def _save_vision_tower(evaluator, folder: Path) -> None:
     """The loaded image encoder as a ``CLIPVisionModel`` folder (written atomically)."""
     from transformers import CLIPVisionModel
 
-    from ..io.writer import AtomicOutputDir
+    from ..io.writer import OutputFolder
 
     vision = CLIPVisionModel(evaluator.model.config.vision_config)
     inner = getattr(vision, "vision_model", vision)  # transformers 5 dropped the wrapper module
     inner.load_state_dict(evaluator.model.vision_model.state_dict())
-    with AtomicOutputDir(folder, overwrite=True) as tmp:
+    with OutputFolder(folder, overwrite=True) as tmp:
         vision.save_pretrained(tmp)
         evaluator.processor.save_pretrained(tmp)
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 try:
     import fcntl
@@ -267,11 +267,13 @@ def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
 
 
 # -- where the output may go -------------------------------------------------------------------
-def check_output_location(out_dir: str | Path, inputs: Sequence[str | Path]) -> None:
+def check_output_location(out_dir: str | Path, inputs: Sequence[str | Path], *, may_contain_inputs: bool = False) -> None:
     """Refuse an output folder that is, contains, or lies inside one of ``inputs``.
 
     Runs before any work: with ``--overwrite`` such an output would delete the inputs
     it is made from, and without it a run would nest outputs in the inputs.
+    ``may_contain_inputs``: for commands that only add named files to OUT (``eval``,
+    ``bench``) and never replace the folder, an OUT above an input is harmless.
     """
     if Path(out_dir).name in ("", ".", ".."):
         raise OutputError(f"output path '{out_dir}' does not name a folder: give e.g. {Path(out_dir) / 'merged'}")
@@ -283,10 +285,94 @@ def check_output_location(out_dir: str | Path, inputs: Sequence[str | Path]) -> 
         real = path.resolve()
         if out == real:
             raise OutputError(f"output {out_dir} is the input {item}: choose another --out")
-        if real.is_relative_to(out):
+        if real.is_relative_to(out) and not may_contain_inputs:
             raise OutputError(f"output {out_dir} contains the input {item}: choose another --out")
         if path.is_dir() and out.is_relative_to(real):
             raise OutputError(f"output {out_dir} lies inside the input model {item}: choose another --out")
+
+
+def check_output_folder(out_dir: str | Path, inputs: Sequence[str | Path], overwrite: bool = False) -> bool:
+    """Everything about an output folder that can be checked before a command's work starts.
+
+    It must not overlap an input (:func:`check_output_location`), its parent path must not
+    run through a file, and an existing ``out_dir`` needs ``overwrite`` (and must be a real
+    folder). Returns whether an existing folder is to be replaced. :class:`AtomicOutputDir`
+    checks all this again when the output is written.
+    """
+    check_output_location(out_dir, inputs)
+    blocker = _first_non_directory(Path(out_dir).parent)
+    if blocker is not None:
+        raise OutputError(f"cannot write {out_dir}: {blocker} is not a directory")
+    with writing(out_dir):
+        return _check_existing(Path(out_dir), overwrite) is not None
+
+
+def _check_existing(target: Path, overwrite: bool) -> os.stat_result | None:
+    """The ``lstat`` of an existing output folder that ``overwrite`` allows to replace, or ``None``."""
+    existing = _lstat_or_none(target)
+    if existing is None:
+        return None
+    if not overwrite:
+        raise OutputError(f"output directory {target} already exists (use --overwrite to replace it)")
+    if stat.S_ISLNK(existing.st_mode):
+        raise OutputError(f"output path {target} is a symlink: give the folder it points to, or another --out")
+    if not stat.S_ISDIR(existing.st_mode):
+        raise OutputError(f"output path {target} exists and is not a directory")
+    return existing
+
+
+def check_results_folder(out_dir: str | Path, inputs: Sequence[str | Path]) -> None:
+    """Before the work of a command that adds named files to the folder ``out_dir``: it must
+    not be or lie inside an input, and must be (or be creatable as) a folder."""
+    check_output_location(out_dir, inputs, may_contain_inputs=True)
+    blocker = _first_non_directory(Path(out_dir))
+    if blocker is not None:
+        raise OutputError(f"cannot write {out_dir}: {blocker} is not a directory")
+
+
+def write_result_files(out_dir: str | Path, files: dict[str, str | Callable[[Path], None]],
+                       out_label: str | Path | None = None) -> dict[str, Path]:
+    """Write named files into the folder ``out_dir`` (created if needed), atomically.
+
+    ``files`` maps a file name to its text, or to a function that writes the file at the
+    path it is given (e.g. ``lambda p: save_file(tensors, str(p))``). For commands whose
+    OUT is a results folder (``eval``, ``bench``, the zoo): only the named files are
+    replaced, other files in OUT are left alone. Each file is written to a hidden temporary
+    sibling and renamed into place once all are written; a failure (disk full, read-only)
+    is one line, ``cannot write OUT: <reason>`` (OUT is ``out_label``, default ``out_dir``),
+    and removes the temporary files and any folder this call created.
+    """
+    out = Path(out_dir)
+    created = [p for p in [*reversed(out.parents), out] if not p.exists()]
+    temporaries: list[tuple[Path, Path]] = []
+    try:
+        with writing(out_label or out_dir):
+            out.mkdir(parents=True, exist_ok=True)
+            for name, content in files.items():
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+                temporaries.append((Path(tmp), out / name))
+                with os.fdopen(fd, "w") as handle:
+                    if isinstance(content, str):
+                        handle.write(content)
+                if not isinstance(content, str):
+                    content(Path(tmp))
+            for tmp, path in temporaries:
+                os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temporaries:
+            with suppress(OSError):
+                tmp.unlink()
+        for folder in reversed(created):
+            with suppress(OSError):
+                folder.rmdir()  # only if still empty: never a file someone else put there
+        raise
+    return {name: out / name for name in files}
+
+
+def replace_file(path: str | Path, write: str | Callable[[Path], None], out_label: str | Path | None = None) -> Path:
+    """Write one file atomically (see :func:`write_result_files`)."""
+    path = Path(path)
+    return write_result_files(path.parent, {path.name: write}, out_label)[path.name]
 
 
 @contextmanager
@@ -396,16 +482,7 @@ class AtomicOutputDir:
         if target.name in ("", ".", ".."):  # '', '.', '/', 'x/..': replacing a working directory
             raise OutputError(f"output path '{target}' does not name a folder: give e.g. {target / 'merged'}")
         with writing(target):
-            existing = _lstat_or_none(target)
-        if existing is not None:
-            if not self.overwrite:
-                raise OutputError(f"output directory {target} already exists (use --overwrite to replace it)")
-            if stat.S_ISLNK(existing.st_mode):
-                raise OutputError(f"output path {target} is a symlink: give the folder it points to, or another --out")
-            if not stat.S_ISDIR(existing.st_mode):
-                raise OutputError(f"output path {target} exists and is not a directory")
-            self._existing = existing
-        with writing(target):
+            self._existing = _check_existing(target, self.overwrite)
             target.parent.mkdir(parents=True, exist_ok=True)
             self._remove_stale_partials()
             self.tmp = Path(tempfile.mkdtemp(prefix=self._partial_prefix, dir=target.parent))
@@ -491,6 +568,22 @@ class AtomicOutputDir:
                 warn(f"{path} looks like a partial output of an interrupted run; not removing it (delete it if no merge is running)")
         for path in sorted(parent.glob(f".{glob.escape(self.target.name)}.old-*")):
             warn(f"{path} holds a folder an interrupted --overwrite run moved aside; not removing it")
+
+
+class OutputFolder(AtomicOutputDir):
+    """An :class:`AtomicOutputDir` for a command's whole output: an ``OSError`` raised in the
+    ``with`` body too (disk full, read-only, quota) discards the partial folder and becomes
+    one line, ``cannot write OUT: <reason>``.
+
+    Use it where the body only writes; a body that also reads inputs should wrap its writes
+    in :func:`writing` instead, so that a read failure is not reported as a write failure.
+    """
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and issubclass(exc_type, OSError):
+            super().__exit__(exc_type, exc, tb)
+            raise output_error(self.target, exc) from None
+        super().__exit__(exc_type, exc, tb)
 
 
 def _lstat_or_none(path: Path) -> os.stat_result | None:

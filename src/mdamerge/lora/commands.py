@@ -6,6 +6,7 @@ import click
 import yaml
 
 from ..errors import ConfigError
+from ..interrupts import interruptible
 
 
 def parse_params(items) -> dict:
@@ -44,6 +45,7 @@ def parse_weights(text: str | None):
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@interruptible("out_dir")
 def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, device, seed, overwrite, quiet, threads):
     """Merge PEFT LoRA ADAPTERS (folders) trained on BASE into a full model or a new adapter.
 
@@ -60,4 +62,5 @@ def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, 
     detail = (f"rank {result.rank}, worst relative truncation error {result.max_truncation_error:.2e}"
               if result.output == "adapter" else f"{result.copied} tensors copied from the base")
     click.echo(f"merged {len(adapters)} adapters into {result.adapted} weights with '{result.method}' "
-               f"in {result.seconds:.1f}s -> {result.out_dir} ({result.output}; {detail})")
+               f"in {result.seconds:.1f}s -> {result.out_dir} ({result.output}; {detail})"
+               + (" (replaced the existing folder)" if result.replaced else ""))

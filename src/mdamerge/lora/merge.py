@@ -46,7 +46,7 @@ from ..engine.core import all_finite, resolve_device
 from ..errors import CheckpointError, ConfigError, MergeError
 from ..io.checkpoint import Checkpoint, TensorInfo
 from ..io.modelcard import model_card
-from ..io.writer import DEFAULT_SHARD_SIZE, AtomicOutputDir, ShardedWriter, copy_non_weight_files, parse_size
+from ..io.writer import DEFAULT_SHARD_SIZE, OutputFolder, ShardedWriter, check_output_folder, copy_non_weight_files, parse_size
 from ..methods import get_method
 from ..methods.base import TensorJob
 from ..methods.iso_cts import iso_cts_split
@@ -186,6 +186,7 @@ class LoraMergeResult:
     max_truncation_error: float  # worst ||D - D_rank|| / ||D|| over modules (adapter output)
     seconds: float
     errors: dict[str, float] = field(default_factory=dict)
+    replaced: bool = False  # an existing out_dir was replaced (overwrite=True)
 
 
 class LoraMerger:
@@ -326,18 +327,22 @@ def merge_lora(
     new PEFT adapter of rank ``rank`` (default: the largest input rank) whose product is
     the best rank-``rank`` approximation of the merged delta. ``parameters`` are the
     method's (``mdamerge methods``), ``weights`` scale each adapter's task vector.
+    ``out_dir`` must not overlap the base or an adapter (docs/safety.md); it appears only
+    once complete.
     """
     if output not in OUTPUTS:
         raise ConfigError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ConfigError(f"rank must be a positive integer, got {rank!r}")
     out_dtype = parse_dtype(dtype)
+    check_output_folder(out_dir, [base, *adapters], overwrite)
     start = time.perf_counter()
     merger = LoraMerger(base, adapters, method, weights=weights, parameters=parameters, seed=seed, device=device)
     merger.prepare()
     if output == "adapter" and rank is None:
         rank = max((m.rank for a in merger.adapters for m in a.modules.values()), default=1)
-    with AtomicOutputDir(out_dir, overwrite=overwrite) as tmp:
+    folder = OutputFolder(out_dir, overwrite=overwrite)
+    with folder as tmp:
         if output == "model":
             errors: dict[str, float] = {}
             _write_model(merger, tmp, out_dtype, parse_size(shard_size), progress)
@@ -351,7 +356,7 @@ def merge_lora(
     return LoraMergeResult(
         Path(out_dir), merger.method.name, output, len(merger.targets),
         stats["copied"] if output == "model" else 0, rank if output == "adapter" else None,
-        max(errors.values(), default=0.0), time.perf_counter() - start, errors,
+        max(errors.values(), default=0.0), time.perf_counter() - start, errors, folder.replaced,
     )
 
 

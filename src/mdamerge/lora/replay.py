@@ -62,10 +62,12 @@ def lora_arguments(data: dict[str, Any], root: Path) -> dict[str, Any]:
 def replay_lora_config(config_path: str | Path, out_dir: str | Path, *, device: str | None = None,
                        dtype: str | None = None, overwrite: bool = False, progress: bool = True):
     """Run the LoRA merge a ``merge_config.yaml`` written by ``mdamerge lora`` describes."""
+    from ..io.writer import check_output_location
     from ..yamlio import read_yaml_file
     from .merge import merge_lora
 
     path = Path(config_path)
+    check_output_location(out_dir, [path])
     kwargs = lora_arguments(read_yaml_file(path), path.parent)
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..io.checkpoint import Checkpoint
-from ..io.writer import AtomicOutputDir
+from ..io.writer import OutputFolder, replace_file
 from .finetune import TrainSettings, cpu_threads, extract_features, finetune_backbone, fit_linear_head, head_accuracy, pretrain_backbone
 from .model import TinyViT, ViTConfig
 from .tasks import TaskData, load_task, pretraining_data, resolve_tasks
@@ -93,9 +93,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(data, indent=2, sort_keys=True) + "\n", path.parent)
 
 
 class Zoo:
@@ -146,7 +144,6 @@ class Zoo:
         return state
 
     def _save_state(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         self._state.setdefault("tasks", {})
         self._state.update(format=ZOO_FORMAT, settings=self.settings.to_dict())
         _write_json_atomic(self.root / ZOO_FILE, self._state)
@@ -267,7 +264,7 @@ class Zoo:
         s = self.settings
         data = pretraining_data(s.pretrain_images, s.data_seed)
         model, loss = pretrain_backbone(s.model, data, s.pretrain, device, lambda step, l: _tick(bar, l))
-        with AtomicOutputDir(self.base_dir, overwrite=True) as tmp:
+        with OutputFolder(self.base_dir, overwrite=True) as tmp:
             model.save_pretrained(tmp)
         seconds = time.perf_counter() - start
         self._state["pretrain"] = {
@@ -284,13 +281,11 @@ class Zoo:
         shots = few_shot_indices(data.train[1], data.num_classes, s.probe_shots, seed=s.data_seed)
         feats = extract_features(base, data.train[0][shots], device=device)
         head = fit_linear_head(feats, data.train[1][shots], data.num_classes, steps=s.probe_steps, seed=s.data_seed)
-        self.head_file(task).parent.mkdir(parents=True, exist_ok=True)
-        tmp_head = self.head_file(task).with_name(f".{task}.tmp-{os.getpid()}.safetensors")
-        save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()}, str(tmp_head))
-        os.replace(tmp_head, self.head_file(task))
+        tensors = {"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()}
+        replace_file(self.head_file(task), lambda path: save_file(tensors, str(path)), self.root)
         self._heads[task] = head
         model, loss = finetune_backbone(base, head, data.train, s.finetune, device, lambda step, l: _tick(bar, l))
-        with AtomicOutputDir(self.finetuned_dir(task), overwrite=True) as tmp:
+        with OutputFolder(self.finetuned_dir(task), overwrite=True) as tmp:
             model.save_pretrained(tmp)
         record = {
             "finetuned": {split: head_accuracy(model, head, data.split(split), device=device) for split in ("val", "test")},

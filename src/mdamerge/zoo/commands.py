@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..evaluation.tables import pct
+from ..interrupts import interruptible
 from .build import Zoo, default_cache_dir
 from .tasks import SUITES, TASKS, resolve_tasks
 
@@ -34,11 +35,16 @@ def zoo_group() -> None:
 @click.option("--device", default="cpu", show_default=True, help="Training device, e.g. cpu or cuda.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores the machine's load leaves free).")
 @click.option("--quiet", is_flag=True, help="No progress bar: one line per stage instead.")
+@interruptible()
 def build_cmd(suite, tasks, cache, device, threads, quiet):
     """Build what is missing (reusing what is already built) and show each task's accuracies."""
     import time
 
+    from ..io.writer import check_output_location
+    from .tasks import fashion_dir
+
     zoo = zoo_from_cache(cache)
+    check_output_location(zoo.root, [fashion_dir()])  # the only input read from disk
     names = task_selection(suite, tasks)
     missing = zoo.missing(names)
     click.echo(f"zoo: {zoo.root} ({len(names) - len(missing)}/{len(names)} tasks already built)")
