@@ -67,7 +67,7 @@ def load_adapt_config(path: str | Path) -> dict[str, Any]:
 
 @click.command("adapt")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output folder (created atomically).")
+@click.option("--out", "out_dir", default=None, type=click.Path(), help="Output folder (created atomically).")
 @click.option("--device", default=None, help="Override the config's device (cpu, cuda, cuda:1).")
 @click.option("--steps", type=int, default=None, help="Override the number of optimisation steps.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")

@@ -30,7 +30,7 @@ def _paths(values) -> list[Path]:
 @click.option("--max-layers", type=int, default=None, help="Analyse only the first N 2-D layers.")
 @click.option("--max-samples", type=int, default=2000, show_default=True, help="Test inputs per task for Delta_ETF.")
 @click.option("--device", default="cpu", show_default=True, help="Device for feature extraction (cpu, cuda, ...).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder (written atomically).")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Report folder (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @interruptible("out_dir")
 def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, rank_fraction, max_layers, max_samples,

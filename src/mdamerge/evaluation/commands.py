@@ -21,7 +21,7 @@ from ..zoo.tasks import SUITES
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Save eval.json and eval.md here.")
+@click.option("--out", "out_dir", default=None, type=click.Path(), help="Save eval.json and eval.md here.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
 @interruptible("out_dir")
 def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
@@ -64,7 +64,7 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
 @click.option("--methods", default="data-free", show_default=True,
               help="'all', 'data-free', 'data-based' or a comma-separated list of method names.")
 @click.option("--recipe", default=None, help="Run a Hugging Face model recipe (mdamerge.hf.recipes) instead of the zoo.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default=None, type=click.Path(),
               help="Where to save bench-SUITE.json and .md (default: CACHE/results).")
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--device", default="cpu", show_default=True)

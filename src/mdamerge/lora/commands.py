@@ -32,7 +32,7 @@ def parse_weights(text: str | None):
 @click.command("lora")
 @click.argument("base", type=click.Path())
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (created atomically).")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Output folder (created atomically).")
 @click.option("--method", default="tsv", show_default=True, help="Merging method (see `mdamerge methods`).")
 @click.option("--as", "output", type=click.Choice(["model", "adapter"]), default="model", show_default=True,
               help="Write the merged full model, or a new LoRA adapter.")

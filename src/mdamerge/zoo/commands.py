@@ -40,11 +40,12 @@ def build_cmd(suite, tasks, cache, device, threads, quiet):
     """Build what is missing (reusing what is already built) and show each task's accuracies."""
     import time
 
-    from ..io.writer import check_output_location
+    from ..io.writer import check_output_location, check_results_folder
     from .tasks import fashion_dir
 
     zoo = zoo_from_cache(cache)
     check_output_location(zoo.root, [fashion_dir()])  # the only input read from disk
+    check_results_folder(zoo.root, [])  # a path through a file: one line before any work
     names = task_selection(suite, tasks)
     missing = zoo.missing(names)
     click.echo(f"zoo: {zoo.root} ({len(names) - len(missing)}/{len(names)} tasks already built)")
