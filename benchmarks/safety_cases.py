@@ -1,5 +1,6 @@
 """Re-run every case of issue 10 ("never lose a user's data, never read outside the inputs,
-every failure is one line") through the real ``mdamerge merge`` command.
+every failure is one line") through the real ``mdamerge merge`` command, and the
+output cases through ``mdamerge lora`` and ``mdamerge analyze``.
 
 Each case builds toy models (a few hundred KB; the timing cases about 10 MB per model) in a
 fresh temporary folder, hashes every file, link and folder under it, runs the CLI in a
@@ -546,6 +547,103 @@ def _(root):
     code, err, _ = cli(cfg, "--out", out)
     return {"exit": f"-9, rerun {code}", "err": err, "unchanged": tree(root, skip=out) == before,
             "check": started and len(left) == 1 and not partials(out) and (out / "model.safetensors").exists()}
+
+
+# The other commands that write an output (lora, analyze; the zoo-based ones need a built zoo
+# and are covered by tests/test_safety_commands.py)
+def command(argv: list, patch: str = "") -> tuple[int, list[str], str]:
+    """``mdamerge ARGV`` in a subprocess; ``patch`` is Python run first (a fault injection)."""
+    script = f"import sys\n{patch}\nfrom mdamerge.cli import main\nsys.argv = ['mdamerge', *sys.argv[1:]]\nmain()\n"
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, argv)], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    lines = [l for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip() and "it/s" not in l]
+    return proc.returncode, lines, proc.stdout.strip()
+
+
+def command_refused(root: Path, argv: list, patch: str = "") -> dict:
+    before = tree(root)
+    code, err, _ = command(argv, patch)
+    return {"exit": code, "err": err, "unchanged": tree(root) == before}
+
+
+def lora_toy(root: Path) -> list:
+    """A toy base and two PEFT-layout LoRA adapters; ``mdamerge lora`` arguments without --out."""
+    base = state(SMALL, 0)
+    write_model(root / "base", base)
+    adapters = []
+    for i in range(2):
+        gen = torch.Generator().manual_seed(10 + i)
+        folder = root / f"adapter{i}"
+        folder.mkdir()
+        save_file({"base_model.model.layers.0.attn.lora_A.weight": torch.randn(4, 32, generator=gen),
+                   "base_model.model.layers.0.attn.lora_B.weight": torch.randn(32, 4, generator=gen) * 0.1},
+                  str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["attn"], "fan_in_fan_out": False,
+             "bias": "none"}))
+        adapters.append(folder)
+    return ["lora", root / "base", *adapters, "--quiet"]
+
+
+FAIL_WRITE = ("import errno\nfrom mdamerge.io import writer\n"
+              "def fail(*a, **k): raise OSError(errno.{code}, '{text}')\n"
+              "writer.StreamingSafetensorsWriter.write = fail")
+SIGTERM_AT_WRITE = ("import os, signal\nfrom mdamerge.io import writer\n"
+                    "def stop(*a, **k): os.kill(os.getpid(), signal.SIGTERM)\n"
+                    "writer.StreamingSafetensorsWriter.write = stop")
+
+
+@case("lora --overwrite --out = an adapter folder")
+def _(root):
+    argv = lora_toy(root)
+    return command_refused(root, [*argv, "--out", root / "adapter0", "--overwrite"])
+
+
+@case("lora --overwrite --out = folder containing the inputs")
+def _(root):
+    argv = lora_toy(root / "models")
+    return command_refused(root, [*argv, "--out", root / "models", "--overwrite"])
+
+
+@case("lora --out inside the base (base/merged)")
+def _(root):
+    argv = lora_toy(root)
+    return command_refused(root, [*argv, "--out", root / "base" / "merged"])
+
+
+@case("lora, output parent is a file")
+def _(root):
+    argv = lora_toy(root)
+    (root / "afile").write_text("x")
+    return command_refused(root, [*argv, "--out", root / "afile" / "out"])
+
+
+@case("lora, disk full (injected ENOSPC)")
+def _(root):
+    argv = lora_toy(root)
+    result = command_refused(root, [*argv, "--out", root / "out"], FAIL_WRITE.format(code="ENOSPC", text="No space left on device"))
+    return {**result, "check": not (root / "out").exists()}
+
+
+@case("lora, SIGTERM while writing (sent by the writer)")
+def _(root):
+    argv = lora_toy(root)
+    return {**command_refused(root, [*argv, "--out", root / "out"], SIGTERM_AT_WRITE), "check": not partials(root / "out")}
+
+
+@case("analyze --overwrite --out = a fine-tuned model")
+def _(root):
+    t = toy(root)
+    return command_refused(root, ["analyze", "--base", t["base"], "--models", ",".join(map(str, t["fts"])),
+                                  "--out", t["fts"][1], "--overwrite"])
+
+
+@case("analyze, output parent is a file")
+def _(root):
+    t = toy(root)
+    (root / "afile").write_text("x")
+    return command_refused(root, ["analyze", "--base", t["base"], "--models", ",".join(map(str, t["fts"])),
+                                  "--out", root / "afile" / "out"])
 
 
 def main() -> None:
