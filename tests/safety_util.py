@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -54,3 +56,12 @@ def tree(root: Path, skip: Path | None = None) -> dict[str, str]:
             else:
                 out[rel] = "special"
     return out
+
+
+@pytest.fixture
+def ctrl_c():
+    """Python's own SIGINT handler for a test that sends SIGINT: a shell starts background
+    jobs (`make test &`, nohup) with SIGINT ignored, and Python then installs none."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -29,7 +29,7 @@ from mdamerge.zoo.finetune import TrainSettings
 from mdamerge.zoo.model import ViTConfig
 
 from conftest import SHAPES, finetuned_from, random_state, write_hf_folder
-from safety_util import one_error, tree
+from safety_util import ctrl_c, one_error, tree  # noqa: F401  (ctrl_c: a fixture)
 from test_lora import random_factors, write_adapter, write_base
 
 TASKS = "digits8x8,digits8x8_rot180"  # scikit-learn's digits: no data package needed, quick to load
@@ -155,6 +155,9 @@ def test_results_files_go_next_to_other_files_and_replace_only_their_own(setup):
     result = run(setup.args(out))
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(out)) == ["eval.json", "eval.md", "notes.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "eval.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's 0600
     assert (out / "notes.txt").read_text() == "mine" and (out / "eval.md").read_text() != "old"
     assert tree(setup.cache) == cache_before
 
@@ -189,8 +192,8 @@ def test_existing_output_needs_overwrite_and_replacing_it_is_said(setup, monkeyp
 def first_write(monkeypatch, name: str, out: Path, action) -> list:
     """Run ``action()`` at the first write of command ``name`` into ``out``; returns the calls seen."""
     seen = []
-    if name in ("eval", "bench"):  # results files: each goes through a temporary file in OUT
-        target, attribute = writer_module.tempfile, "mkstemp"
+    if name in ("eval", "bench"):  # results files: each goes through a temporary file in OUT; fail at
+        target, attribute = writer_module.tempfile, "mkstemp"  # the second, once the first is written
     else:
         target, attribute = {
             "lora": (writer_module.StreamingSafetensorsWriter, "write"),
@@ -204,7 +207,8 @@ def first_write(monkeypatch, name: str, out: Path, action) -> list:
         if attribute == "mkstemp" and not Path(kwargs.get("dir", "")).is_relative_to(out):
             return original(*args, **kwargs)
         seen.append(attribute)
-        action()
+        if attribute != "mkstemp" or len(seen) == 2:
+            action()
         return original(*args, **kwargs)
 
     monkeypatch.setattr(target, attribute, injected)
@@ -225,6 +229,7 @@ def test_disk_full_and_read_only_are_one_line_and_leave_nothing(setup, monkeypat
     seen = first_write(monkeypatch, setup.name, out, fail_with(code))
     assert ends_in_one_error(run(setup.args(out))) == f"error: cannot write {out}: {os.strerror(code)}"
     assert seen and setup.snapshot() == before
+    assert len(seen) == (2 if setup.name in ("eval", "bench") else 1)
 
 
 def test_zoo_build_disk_full_is_one_line_and_leaves_the_zoo_as_it_was(tmp_path, monkeypatch):
@@ -272,7 +277,7 @@ def signal_self(sig):
 
 @pytest.mark.parametrize("setup", ALL, indirect=True)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_while_writing_removes_the_partial_output(setup, monkeypatch, sig):
+def test_signal_while_writing_removes_the_partial_output(setup, monkeypatch, sig, ctrl_c):
     out = setup.root / "out"
     before = setup.snapshot()
     previous = signal.getsignal(signal.SIGTERM)

@@ -15,13 +15,13 @@ import pytest
 from mdamerge.errors import OutputError
 from mdamerge.io.writer import OWNER_FILE, AtomicOutputDir, ShardedWriter
 
-from safety_util import one_error, run_merge, write_config
+from safety_util import ctrl_c, one_error, run_merge, write_config  # noqa: F401  (ctrl_c: a fixture)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
-def test_signal_during_the_merge_removes_the_partial_output(toy_models, tmp_path, monkeypatch, sig, name):
+def test_signal_during_the_merge_removes_the_partial_output(toy_models, tmp_path, monkeypatch, sig, name, ctrl_c):
     cfg = write_config(toy_models, tmp_path / "m.yaml")
     out = tmp_path / "out"
     write = ShardedWriter.write

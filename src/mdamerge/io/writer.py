@@ -356,6 +356,7 @@ def write_result_files(out_dir: str | Path, files: dict[str, str | Callable[[Pat
                         handle.write(content)
                 if not isinstance(content, str):
                     content(Path(tmp))
+                os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes it private; the result should not be
             for tmp, path in temporaries:
                 os.replace(tmp, path)
     except BaseException:
@@ -488,9 +489,7 @@ class AtomicOutputDir:
             self.tmp = Path(tempfile.mkdtemp(prefix=self._partial_prefix, dir=target.parent))
             try:
                 self._take_ownership()
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+                os.chmod(self.tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private; the result should not be
             except BaseException:
                 self._discard()
                 raise
@@ -584,6 +583,12 @@ class OutputFolder(AtomicOutputDir):
             super().__exit__(exc_type, exc, tb)
             raise output_error(self.target, exc) from None
         super().__exit__(exc_type, exc, tb)
+
+
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _lstat_or_none(path: Path) -> os.stat_result | None:
