@@ -22,9 +22,12 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from mdamerge.adaptation import output as adaptation_output
 from mdamerge.cli import main
+from mdamerge.diagnostics.report import Report
 from mdamerge.io import writer as writer_module
 from mdamerge.zoo.build import Zoo, ZooSettings
+from mdamerge.zoo import model as zoo_model
 from mdamerge.zoo.finetune import TrainSettings
 from mdamerge.zoo.model import ViTConfig
 
@@ -197,9 +200,9 @@ def first_write(monkeypatch, name: str, out: Path, action) -> list:
     else:
         target, attribute = {
             "lora": (writer_module.StreamingSafetensorsWriter, "write"),
-            "adapt": (pytest.importorskip("mdamerge.adaptation.output"), "save_file"),
-            "analyze": (pytest.importorskip("mdamerge.diagnostics.report").Report, "write"),
-            "zoo": (pytest.importorskip("mdamerge.zoo.model"), "save_file"),
+            "adapt": (adaptation_output, "save_file"),
+            "analyze": (Report, "write"),
+            "zoo": (zoo_model, "save_file"),  # TinyViT.save_pretrained
         }[name]
     original = getattr(target, attribute)
 
