@@ -15,6 +15,8 @@ from ..errors import MergeError
 from ..io.checkpoint import Checkpoint
 from ..io.writer import OutputFolder, check_output_folder
 from . import plots
+from .alignment_angles import STAGES, alignment_angles, summarize
+from .cka import block_names, cka_by_layer, layer_features
 from .etf import class_means, delta_etf, extract_features, prototype_misalignment
 from .report import Report
 from .task_vectors import TaskVectorReport, analyze_task_vectors
@@ -120,6 +122,63 @@ def delta_etf_rows(inputs: AnalysisInputs, zoo, labels: list[str],
     return rows
 
 
+@dataclass
+class CkaRow:
+    """Linear CKA, layer by layer, between one model and the fine-tuned model of one task, on that task's inputs."""
+
+    model: str
+    role: str  # pretrained | merged
+    task: str
+    cka: dict[str, float]
+
+
+def cka_rows(inputs: AnalysisInputs, zoo, labels: list[str], max_samples: int = 1000,
+             progress: Callable[[str], None] = lambda _: None) -> list[CkaRow]:
+    """CKA of the pretrained and each merged model against each task's fine-tuned model (zoo TinyViT models)."""
+    from ..zoo.model import TinyViT
+
+    tasks = inputs.tasks or []
+    data = {t: zoo.task_data(t).test[0][:max_samples] for t in tasks}
+    load = lambda folder: TinyViT.from_pretrained(folder, device=inputs.device).eval()  # noqa: E731
+    reference = {}
+    for task, folder in zip(tasks, inputs.models):
+        model = load(folder)
+        reference[task] = layer_features(model, data[task], block_names(model), device=inputs.device)
+    rows = []
+    compared = [("pretrained", "pretrained", inputs.base)]
+    compared += [(label, "merged", path) for label, path in zip(unique_labels(inputs.merged), inputs.merged)]
+    for label, role, folder in compared:
+        progress(f"CKA: {label}")
+        model = load(folder)
+        for task in tasks:
+            feats = layer_features(model, data[task], block_names(model), device=inputs.device)
+            rows.append(CkaRow(label, role, task, cka_by_layer(feats, reference[task])))
+    return rows
+
+
+def layer_alignment_angles(base: Checkpoint, models: Sequence[Checkpoint], rank_fraction: float | None,
+                           max_layers: int | None) -> list[dict[str, Any]]:
+    """Per 2-D layer: summaries of the task-subspace angles before alignment, after TSV-M's and after MDA's."""
+    from .task_vectors import default_k
+
+    out = []
+    for name in base.keys():
+        w0 = base.get(name)
+        if w0.ndim != 2 or not w0.is_floating_point():
+            continue
+        if max_layers is not None and len(out) >= max_layers:
+            break
+        deltas = [m.get(name).double() - w0.double() for m in models]
+        k = default_k(tuple(w0.shape), len(models), rank_fraction)
+        stages = alignment_angles(deltas, k)
+        out.append({"name": name, "k": k, **{
+            stage: {"subspace": summarize(stages[stage].all_subspace()),
+                    "directions": summarize(stages[stage].directions),
+                    "subspace_angles": stages[stage].all_subspace().tolist()}
+            for stage in STAGES}})
+    return out
+
+
 def mean_by_model(rows: Sequence[EtfRow]) -> dict[str, float]:
     out: dict[str, list[float]] = {}
     for r in rows:
@@ -133,7 +192,8 @@ def _angle_cell(value: float) -> float | str:
 
 
 def build_report(inputs: AnalysisInputs, tv: TaskVectorReport, alignment: torch.Tensor | None,
-                 etf_rows: list[EtfRow], folder: Path) -> tuple[Report, dict[str, Any]]:
+                 etf_rows: list[EtfRow], folder: Path, angle_layers: list[dict[str, Any]] | None = None,
+                 cka: list[CkaRow] | None = None) -> tuple[Report, dict[str, Any]]:
     """Plots into ``folder`` and the report/metrics describing them."""
     labels = tv.labels
     report = Report("mdamerge directional diagnostics")
@@ -168,6 +228,8 @@ def build_report(inputs: AnalysisInputs, tv: TaskVectorReport, alignment: torch.
                 for l in tv.layers
             ],
         )
+    if angle_layers:
+        _alignment_angle_section(report, angle_layers, folder)
     if alignment is not None:
         report.heading("Merged models against the task vectors")
         merged_labels = unique_labels(inputs.merged)
@@ -187,6 +249,8 @@ def build_report(inputs: AnalysisInputs, tv: TaskVectorReport, alignment: torch.
             ["model", "role", "task", "Delta_ETF", "misalignment"],
             [[r.model, r.role, r.task, r.delta_etf, "-" if r.misalignment is None else r.misalignment] for r in etf_rows],
         )
+    if cka:
+        _cka_section(report, cka, folder)
     metrics = {
         "labels": labels,
         "global_cosine": tv.global_cosine.tolist(),
@@ -201,8 +265,57 @@ def build_report(inputs: AnalysisInputs, tv: TaskVectorReport, alignment: torch.
             "merged": unique_labels(inputs.merged), "cosine": alignment.tolist()},
         "delta_etf": [r.__dict__ for r in etf_rows],
         "delta_etf_mean": mean_by_model(etf_rows) if etf_rows else {},
+        "alignment_angles": angle_layers or [],
+        "cka": [r.__dict__ for r in cka or []],
+        "cka_mean": cka_means(cka or []),
     }
     return report, metrics
+
+
+STAGE_LABELS = {"before": "task subspaces (before)", "tsv": "after TSV-M (polar)", "mda": "after MDA (polar + ETF)"}
+
+
+def _alignment_angle_section(report: Report, layers: list[dict[str, Any]], folder: Path) -> None:
+    report.heading("Task-subspace angles before and after alignment")
+    report.paragraph(
+        "Per 2-D layer, U = [U_1..U_T] holds each task's top-k left singular vectors. Principal angles between "
+        "task i's and task j's block of U (90 = orthogonal) before any alignment, after TSV-M's polar "
+        "orthogonalisation and after MDA's ETF step (polar(U) M_K); 'direction angle' is the angle between single "
+        "directions of different tasks (a K-direction simplex ETF puts every one at arccos(-1/(K-1)))."
+    )
+    plots.stage_angle_histograms(
+        {STAGE_LABELS[s]: [a for l in layers for a in l[s]["subspace_angles"]] for s in STAGES},
+        folder / "alignment_angles.png")
+    report.image("alignment_angles.png", "Principal angles between task subspaces, all layers and pairs, per stage.")
+    report.table(
+        ["layer", "k", *[f"{s}: mean / min subspace angle" for s in STAGES], *[f"{s}: mean |90 - direction angle|" for s in STAGES[1:]]],
+        [[l["name"], l["k"], *[f"{l[s]['subspace']['mean']:.2f} / {l[s]['subspace']['min']:.2f}" for s in STAGES],
+          *[f"{max(abs(90 - l[s]['directions']['min']), abs(l[s]['directions']['max'] - 90)):.3f}" for s in STAGES[1:]]]
+         for l in layers],
+    )
+
+
+def cka_means(rows: Sequence[CkaRow]) -> dict[str, dict[str, float]]:
+    """``model -> layer -> mean CKA over tasks``."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        for layer, value in r.cka.items():
+            out.setdefault(r.model, {}).setdefault(layer, []).append(value)
+    return {m: {l: sum(v) / len(v) for l, v in layers.items()} for m, layers in out.items()}
+
+
+def _cka_section(report: Report, rows: list[CkaRow], folder: Path) -> None:
+    means = cka_means(rows)
+    layers = list(next(iter(means.values())))
+    report.heading("Linear CKA with the fine-tuned models, layer by layer")
+    report.paragraph(
+        "Linear CKA (Kornblith et al. 2019) between each model's features and the fine-tuned model of each task, on "
+        "that task's test inputs (class token after each block; 'features' = the model's output), averaged over "
+        "tasks. 1 = the same representation up to rotation and scale."
+    )
+    plots.cka_curves(means, folder / "cka_layers.png")
+    report.image("cka_layers.png", "Mean linear CKA with the tasks' fine-tuned models, per layer.")
+    report.table(["model", *layers], [[m, *[v[l] for l in layers]] for m, v in means.items()])
 
 
 def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrite: bool = False,
@@ -227,12 +340,15 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
     progress("task-vector geometry")
     tv = analyze_task_vectors(base.get, [m.get for m in models], base.keys(), labels, inputs.rank_fraction, inputs.max_layers)
     alignment = merged_alignment(base, merged, models) if merged else None
+    progress("alignment angles")
+    angle_layers = layer_alignment_angles(base, models, inputs.rank_fraction, inputs.max_layers)
     etf_rows = delta_etf_rows(inputs, zoo, labels, progress) if inputs.tasks else []
+    cka = cka_rows(inputs, zoo, labels, min(inputs.max_samples, 1000), progress) if inputs.tasks else []
     with OutputFolder(out_dir, overwrite=overwrite) as tmp:
-        report, metrics = build_report(inputs, tv, alignment, etf_rows, tmp)
+        report, metrics = build_report(inputs, tv, alignment, etf_rows, tmp, angle_layers, cka)
         report.write(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 
-__all__ = ["AnalysisInputs", "EtfRow", "run_analysis"]
+__all__ = ["AnalysisInputs", "CkaRow", "EtfRow", "run_analysis"]

@@ -117,3 +117,27 @@ def delta_etf_bars(values: Mapping[str, float], path: Path) -> Path:
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("mean Delta_ETF (0 = simplex ETF)")
     return _save(fig, path)
+
+
+def stage_angle_histograms(angles: Mapping[str, Sequence[float]], path: Path) -> Path:
+    """One histogram of principal angles per alignment stage, on a shared axis."""
+    fig, axes = plt.subplots(1, len(angles), figsize=(3.6 * len(angles), 3.2), sharey=True, squeeze=False)
+    for ax, (label, values) in zip(axes[0], angles.items()):
+        ax.hist(list(values), bins=45, range=(0, 90), color="tab:purple", alpha=0.8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("principal angle (deg)")
+    axes[0][0].set_ylabel("count")
+    return _save(fig, path)
+
+
+def cka_curves(means: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+    """Mean linear CKA with the fine-tuned models, per layer, one line per model."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for model, layers in means.items():
+        names = list(layers)
+        ax.plot(range(len(names)), [layers[n] for n in names], marker="o", label=model)
+    ax.set_xticks(range(len(names)), [short_name(n) for n in names], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("linear CKA with fine-tuned")
+    ax.set_ylim(None, 1.0)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
