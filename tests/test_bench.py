@@ -212,6 +212,44 @@ def test_data_based_methods_join_the_table(zoo):
     assert row.info.get("method") == "adamerging_task"
 
 
+def test_held_out_tasks_selection_and_errors():
+    tasks = ["a", "b", "c", "d"]
+    assert bench_mod.held_out_tasks(tasks, None) == [] and bench_mod.held_out_tasks(tasks, 0) == []
+    assert bench_mod.held_out_tasks(tasks, 2) == ["c", "d"] and bench_mod.held_out_tasks(tasks, "1") == ["d"]
+    assert bench_mod.held_out_tasks(tasks, "b, a") == ["b", "a"]
+    with pytest.raises(ConfigError, match="leaves 1 of 4 tasks"):
+        bench_mod.held_out_tasks(tasks, 3)
+    with pytest.raises(ConfigError, match="held-out task 'e' is not in"):
+        bench_mod.held_out_tasks(tasks, "e")
+
+
+@pytest.mark.slow
+def test_unseen_tasks_are_left_out_of_the_merge_and_tested_with_their_heads(zoo, tmp_path):
+    opts = {"adamerging_task": {"steps": 2, "max_unlabeled": 32, "progress": False}}
+    methods = "task_arithmetic" + (",adamerging_task" if "adamerging_task" in bench_mod.adaptive_methods() else "")
+    res = run_bench(SUITE, methods, zoo=zoo, progress=False, unseen=1, method_options=opts, out_dir=tmp_path, val_limit=50)
+    assert res.unseen == ["letters"] and res.meta["unseen"] == ["letters"]
+    # written out by hand: theta_0 + s * (tau_mnist + tau_fashion), letters' task vector unused,
+    # s chosen on the validation data of the merged tasks only
+    ta = res.row("task_arithmetic")
+    base = zoo.base_state_dict()
+    fts = [zoo.finetuned_state_dict(t) for t in ("mnist", "fashion")]
+    by_hand = {k: base[k] + ta.params["scaling"] * sum(ft[k] - base[k] for ft in fts) for k in base}
+    val = evaluate_backbone(by_hand, zoo, ["mnist", "fashion"], "val", limit=50)
+    assert average(val) == pytest.approx(ta.val_average, abs=1e-9)
+    expected = evaluate_backbone(by_hand, zoo, ["mnist", "fashion", "letters"], "test")
+    assert ta.accuracies == pytest.approx(expected, abs=1e-9)
+    split = res.split_averages("task_arithmetic")
+    assert split["seen"] == pytest.approx((expected["mnist"] + expected["fashion"]) / 2)
+    assert split["unseen"] == pytest.approx(expected["letters"])
+    if "adamerging_task" in methods:
+        am = res.row("adamerging_task")
+        assert set(am.accuracies) == {"mnist", "fashion", "letters"}
+        assert am.info["tasks"] == ["mnist", "fashion"]  # adapted on the merged tasks only
+    text = (tmp_path / "bench-tiny3.md").read_text()
+    assert "Generalisation: merged on the seen tasks" in text and "Unseen avg (letters)" in text
+
+
 @pytest.mark.slow
 def test_cli_zoo_bench_and_eval(cache, tmp_path):
     runner = CliRunner()

@@ -99,6 +99,18 @@ class BenchResult:
     def normalized_average(self, name: str) -> float:
         return average(self.normalized(name))
 
+    @property
+    def unseen(self) -> list[str]:
+        """Tasks held out of the merge (``--unseen``), evaluated with their frozen heads; empty by default."""
+        return list(self.meta.get("unseen") or [])
+
+    def split_averages(self, name: str) -> dict[str, float]:
+        """Average test accuracy of a row over the merged (``seen``) and the held-out (``unseen``) tasks."""
+        acc = self.row(name).accuracies
+        held = set(self.unseen)
+        return {"seen": average({t: a for t, a in acc.items() if t not in held}),
+                "unseen": average({t: a for t, a in acc.items() if t in held})}
+
     def to_dict(self) -> dict:
         rows = []
         for row in self.rows:
@@ -280,6 +292,7 @@ def run_bench(
     log: Callable[[str], None] | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
     threads: int | None = None,
+    unseen: int | str | Sequence[str] | None = None,
 ) -> BenchResult:
     """Benchmark ``methods`` on a suite of the zoo; builds missing zoo models when ``build``.
 
@@ -287,20 +300,44 @@ def run_bench(
     MDA's options). ``val_limit`` caps the validation examples per task during the
     search. ``method_options[name]`` passes extra keyword arguments to a method (e.g.
     ``{"adamerging": {"steps": 200}}``). Results go to ``out_dir`` when given. ``threads``:
-    torch threads on CPU (default: as many as the machine's load leaves free).
+    torch threads on CPU (default: as many as the machine's load leaves free). ``unseen``:
+    generalisation protocol -- an int N holds out the suite's last N tasks, or give task
+    names; the methods merge (and search on validation) the other tasks only, and the
+    merged backbone is tested on every task, held-out ones through their frozen heads.
     """
     with cpu_threads(threads, device):
         return _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, build, progress, log,
-                          method_options)
+                          method_options, unseen)
+
+
+def held_out_tasks(tasks: Sequence[str], unseen: int | str | Sequence[str] | None) -> list[str]:
+    """The tasks ``unseen`` names (an int N, or ``"N"``: the last N of ``tasks``), validated; 2 must stay seen."""
+    if unseen is None or unseen == "" or unseen == 0:
+        return []
+    if isinstance(unseen, str):
+        unseen = int(unseen) if unseen.strip().isdigit() else [t.strip() for t in unseen.split(",") if t.strip()]
+    if isinstance(unseen, int):
+        if unseen < 0 or len(tasks) - unseen < 2:
+            raise ConfigError(f"--unseen {unseen} leaves {len(tasks) - unseen} of {len(tasks)} tasks to merge; at least 2 are needed")
+        return list(tasks[len(tasks) - unseen:])
+    held = list(dict.fromkeys(unseen))
+    for t in held:
+        if t not in tasks:
+            raise ConfigError(f"held-out task '{t}' is not in the benchmark's tasks" + closest_hint(t, tasks))
+    if len(tasks) - len(held) < 2:
+        raise ConfigError(f"holding out {len(held)} of {len(tasks)} tasks leaves fewer than 2 to merge")
+    return held
 
 
 def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, build, progress, log,
-               method_options) -> BenchResult:
+               method_options, unseen=None) -> BenchResult:
     say = log or (lambda _msg: None)
     suite_name = suite if isinstance(suite, str) and suite in SUITES else "custom"
     tasks = resolve_tasks(suite if isinstance(suite, str) else list(suite))
     if len(tasks) < 2:
         raise ConfigError(f"merging needs at least 2 tasks, got {tasks}")
+    held_out = held_out_tasks(tasks, unseen)
+    seen = [t for t in tasks if t not in held_out]  # the tasks merged and searched on
     names = resolve_methods(methods)
     zoo = zoo if zoo is not None else Zoo()
     missing = zoo.missing(tasks)
@@ -313,19 +350,19 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
     start = time.perf_counter()
 
     base = zoo.base_state_dict()  # read through mdamerge.io.checkpoint.Checkpoint
-    finetuned = [zoo.finetuned_state_dict(t) for t in tasks]
+    finetuned = [zoo.finetuned_state_dict(t) for t in seen]
     rows = [_pretrained_row(zoo, tasks, device), _finetuned_row(zoo, tasks, device)]
     say(_row_line(rows[0]))
     say(_row_line(rows[1]))
 
     def val_score(state: dict) -> float:
-        return average(evaluate_backbone(state, zoo, tasks, split="val", device=device, limit=val_limit))
+        return average(evaluate_backbone(state, zoo, seen, split="val", device=device, limit=val_limit))
 
     adaptive = adaptive_methods()
     for name in names:
         t0 = time.perf_counter()
         if name in adaptive:
-            row = _adaptive_row(name, adaptive[name], zoo, tasks, device, seed, options.get(name, {}))
+            row = _adaptive_row(name, adaptive[name], zoo, seen, device, seed, options.get(name, {}), tasks)
         else:
             row = _data_free_row(name, base, finetuned, zoo, tasks, device, seed, search, val_score, options.get(name, {}))
         row.seconds = round(time.perf_counter() - t0, 1)
@@ -335,7 +372,7 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
     meta = {
         "zoo": str(zoo.root), "device": device, "seed": seed, "search": search, "val_limit": val_limit,
         "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - start, 1),
-        "zoo_settings": zoo.settings.to_dict(),
+        "zoo_settings": zoo.settings.to_dict(), "unseen": held_out,
         "zoo_build_seconds": {"pretrained": zoo.pretrain_record.get("seconds"),
                               **{t: zoo.records[t].get("seconds") for t in tasks}},
         # training is bit-reproducible only at the same thread count
@@ -409,9 +446,12 @@ def _data_free_row(
 
 def _adaptive_row(
     name: str, fn: Callable, zoo: Zoo, tasks: list[str], device: str, seed: int, extra: dict[str, Any],
+    eval_tasks: list[str] | None = None,
 ) -> Row:
+    """Adapt on ``tasks``; test on ``eval_tasks`` (default ``tasks``), held-out ones without a feature transform."""
     result = fn(zoo, tasks, device=device, seed=seed, **extra)
-    acc = evaluate_backbone(result.state_dict, zoo, tasks, "test", device, feature_transforms=result.feature_transforms)
+    acc = evaluate_backbone(result.state_dict, zoo, eval_tasks or tasks, "test", device,
+                            feature_transforms=result.feature_transforms)
     info = {k: v for k, v in (result.info or {}).items() if _jsonable(v)}
     params = {k: v for k, v in extra.items() if _jsonable(v)}
     return Row(name, "data-based", acc, params=params, info=info)

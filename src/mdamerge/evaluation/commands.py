@@ -74,8 +74,10 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores the machine's load leaves free).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--unseen", default=None,
+              help="Generalisation: hold out the last N tasks (e.g. 2) or comma-separated task names; merge the rest, test all.")
 @interruptible("out_dir")
-def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, threads, quiet):
+def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, threads, quiet, unseen):
     """Merge the zoo's fine-tuned backbones with each method and print the accuracy table.
 
     Builds the zoo first if it is missing. Scaling factors (and MDA's options) are chosen
@@ -94,7 +96,7 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_bench(task_selection(suite, tasks) if tasks else suite, methods, zoo=zoo, out_dir=out, device=device,
                        search=not no_search, val_limit=val_limit or None, seed=seed, progress=not quiet, log=log,
-                       threads=threads)
+                       threads=threads, unseen=unseen)
     click.echo(terminal_report(result))
     click.echo(f"saved {out / f'bench-{result.suite}.json'} and {out / f'bench-{result.suite}.md'}")
 

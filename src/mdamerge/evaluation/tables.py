@@ -75,6 +75,19 @@ def mda_options_table(result: "BenchResult") -> str:
     return "\n".join(lines) + "\n"
 
 
+def seen_unseen_table(result: "BenchResult") -> str:
+    """Average test accuracy over the merged tasks and over the held-out ones (``--unseen``)."""
+    if not result.unseen:
+        return ""
+    seen = [t for t in result.tasks if t not in result.unseen]
+    lines = [_md_row(["Method", f"Seen avg ({len(seen)} merged)", f"Unseen avg ({', '.join(result.unseen)})"]),
+             _md_row(["---", "---:", "---:"])]
+    for r in result.rows:
+        split = result.split_averages(r.name)
+        lines.append(_md_row([display_name(r.name), pct(split["seen"]), pct(split["unseen"])]))
+    return "\n".join(lines) + "\n"
+
+
 def markdown_report(result: "BenchResult") -> str:
     """The whole Markdown file that ``bench`` saves."""
     parts = [
@@ -82,6 +95,10 @@ def markdown_report(result: "BenchResult") -> str:
         "Test accuracy (%) per task; **Avg** = mean over tasks; **Norm.** = mean over tasks of "
         "merged / individually fine-tuned accuracy (%).\n",
         markdown_table(result),
+    ]
+    if result.unseen:
+        parts += ["\n## Generalisation: merged on the seen tasks, tested on all\n", seen_unseen_table(result)]
+    parts += [
         "\n## Hyperparameters chosen on the validation split\n",
         chosen_params_table(result),
     ]
@@ -99,6 +116,8 @@ def markdown_report(result: "BenchResult") -> str:
 def terminal_report(result: "BenchResult") -> str:
     """What ``mdamerge bench`` prints: the table and the chosen hyperparameters."""
     text = f"{result.suite}: test accuracy (%)\n\n" + markdown_table(result) + "\n" + chosen_params_table(result)
+    if result.unseen:
+        text += "\nMerged on the seen tasks only; held out: " + ", ".join(result.unseen) + "\n\n" + seen_unseen_table(result)
     mda = mda_options_table(result)
     if mda:
         text += "\nMDA options (validation):\n\n" + mda
