@@ -143,31 +143,41 @@ def aligned_signs(u: torch.Tensor, num_tasks: int, k: int, max_sweeps: int = 50)
     return s.to(u.dtype)
 
 
-def _triplets(delta: torch.Tensor, k: int, mode: str, generator: torch.Generator | None):
-    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
-    u, s, vh = u[:, :k], s[:k], vh[:k]
+def task_triplets(deltas: list[torch.Tensor], k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Top-k ``(U, S, Vh)`` of each task vector from a dense float64 SVD, with the signs LAPACK returned."""
+    out = []
+    for d in deltas:
+        u, s, vh = torch.linalg.svd(d.double(), full_matrices=False)
+        out.append((u[:, :k], s[:k], vh[:k]))
+    return out
+
+
+def _with_signs(triplet, mode: str, generator: torch.Generator | None):
+    u, s, vh = triplet
     if mode == "lapack":
         return u, s, vh
     if mode == "random":
-        signs = torch.randint(0, 2, (k,), generator=generator, dtype=torch.int64).double() * 2 - 1
+        signs = torch.randint(0, 2, (u.shape[1],), generator=generator, dtype=torch.int64).double() * 2 - 1
         return u * signs, s, vh * signs[:, None]
     return canonical_signs(u, s, vh)
 
 
-def mda_delta_with_signs(deltas: list[torch.Tensor], k: int, mode: str = "canonical", *, etf_over: str = "directions",
-                         side: str = "left", seed: int = 0) -> torch.Tensor:
+def mda_delta_with_signs(deltas: list[torch.Tensor] | None, k: int, mode: str = "canonical", *, etf_over: str = "directions",
+                         side: str = "left", seed: int = 0, triplets=None) -> torch.Tensor:
     """Data-free MDA's merged delta of one layer (scaling 1, polar on) under a given sign convention.
 
     ``canonical``: mdamerge's convention (largest entry of each ``u_i`` positive);
     ``lapack``: the signs ``torch.linalg.svd`` returns; ``random``: independent random
     joint flips of every singular pair (seeded); ``aligned``: :func:`aligned_signs`.
-    Dense float64 SVDs throughout, so only the signs differ between modes.
+    Dense float64 SVDs throughout (or the given :func:`task_triplets`), so only the signs
+    differ between modes.
     """
     if mode not in SIGN_MODES:
         raise MergeError(f"unknown sign mode '{mode}'; choose from {', '.join(SIGN_MODES)}")
-    t = len(deltas)
+    triplets = triplets if triplets is not None else task_triplets(deltas, k)
+    t = len(triplets)
     gen = torch.Generator().manual_seed(seed) if mode == "random" else None
-    parts = [_triplets(d, k, mode, gen) for d in deltas]
+    parts = [_with_signs(p, mode, gen) for p in triplets]
     u = torch.cat([p[0] for p in parts], 1)
     s = torch.cat([p[1] for p in parts])
     v = torch.cat([p[2].mT for p in parts], 1)
@@ -190,5 +200,5 @@ def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
 
 __all__ = [
     "SIGN_MODES", "STAGES", "StageAngles", "aligned_signs", "alignment_angles", "cross_task_direction_angles",
-    "mda_delta_with_signs", "relative_change", "subspace_angles", "summarize", "task_blocks",
+    "mda_delta_with_signs", "relative_change", "subspace_angles", "summarize", "task_blocks", "task_triplets",
 ]
