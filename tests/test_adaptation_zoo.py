@@ -115,3 +115,18 @@ def test_adapt_cli_then_analyze_with_delta_etf(zoo, tmp_path):
     assert roles == [("pretrained", t) for t in tasks] + [("fine-tuned", t) for t in tasks] + [("merged", t) for t in tasks]
     assert all(0 < r["delta_etf"] <= 2 for r in metrics["delta_etf"])
     assert "delta_etf.png" in (report / "report.md").read_text()
+
+    # linear CKA with each task's fine-tuned model, recomputed here from the two models' features
+    from mdamerge.diagnostics.cka import linear_cka
+
+    assert [(r["model"], r["task"]) for r in metrics["cka"]] == [("pretrained", t) for t in tasks] + [("merged", t) for t in tasks]
+    layers = [f"encoder.layers.{i}" for i in range(zoo.settings.model.depth)] + ["features"]
+    assert all(list(r["cka"]) == layers and all(0 <= v <= 1 + 1e-9 for v in r["cka"].values()) for r in metrics["cka"])
+    x = zoo.task_data(tasks[0]).test[0][:300]
+    with torch.no_grad():
+        merged_feats = TinyViT.from_pretrained(out)(x)
+        ft_feats = TinyViT.from_pretrained(zoo.finetuned_dir(tasks[0]))(x)
+    row = next(r for r in metrics["cka"] if r["model"] == "merged" and r["task"] == tasks[0])
+    assert row["cka"]["features"] == pytest.approx(linear_cka(merged_feats, ft_feats), abs=1e-5)
+    assert set(metrics["cka_mean"]) == {"pretrained", "merged"}
+    assert metrics["alignment_angles"] and "cka_layers.png" in (report / "report.md").read_text()

@@ -156,6 +156,13 @@ def test_run_analysis_writes_plots_markdown_and_html(checkpoints, tmp_path):
     assert saved["labels"] == ["ft0", "ft1", "ft2"] and len(saved["layers"]) == len(metrics["layers"]) == 4
     # the mean merge is positively aligned with every task vector
     assert all(c > 0.3 for c in saved["merged_alignment"]["cosine"][0])
+    # angles before / after alignment: TSV-M's polar step leaves the task blocks orthogonal when T k <= m
+    assert "alignment_angles.png" in files and len(saved["alignment_angles"]) == 4
+    for layer in saved["alignment_angles"]:
+        rows = next(l["shape"][0] for l in saved["layers"] if l["name"] == layer["name"])
+        if 3 * layer["k"] <= rows:
+            assert layer["tsv"]["subspace"]["min"] == pytest.approx(90.0, abs=1e-3)
+        assert layer["before"]["subspace"]["count"] == 3 * layer["k"]
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 

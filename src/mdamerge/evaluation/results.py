@@ -146,6 +146,30 @@ def zoo_threads_line(zoo: Zoo) -> str:
             "same count (`mdamerge zoo build --threads N`).\n")
 
 
+PAPER_PAGE = "paper_experiments.md"
+PAPER_COMMAND = ("python benchmarks/paper_experiments.py --suite tasks8 "
+                 "--sections compute,angles,unseen,defaults,signs,sensitivity --steps 100 --threads 1")
+
+
+def paper_experiments_section(page: Path) -> str:
+    """The plain statements of docs/paper_experiments.md (benchmarks/paper_experiments.py), with a link to its tables."""
+    intro = (f"\n## The paper's remaining experiments\n\n"
+             f"Generalisation to unseen tasks, compute, Delta_ETF, CKA, subspace angles before/after alignment, "
+             f"MDA's defaults and sign convention, loss-weight sensitivity: tables in [{PAPER_PAGE}]({PAPER_PAGE}), "
+             f"which `{PAPER_COMMAND}` regenerates (each section there names its own command). Its statements:\n")
+    if not page.is_file():
+        return intro + f"\n_Not generated yet: {page} is missing._\n"
+    keep, out = False, []
+    for line in page.read_text().splitlines():
+        if line.startswith("## "):
+            out += ["", f"**{line[3:]}**", ""]
+        elif line.startswith("### "):
+            keep = line == "### Plain statements"
+        elif keep and line.strip():
+            out.append(line)
+    return intro + "\n".join(out) + "\n"
+
+
 def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float,
            adaptive_page: Path | None = None) -> str:
     s = zoo.settings
@@ -179,6 +203,7 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
     parts += ["\n## Zoo build\n", zoo_tables(zoo, list(results), builds)]
     if adaptive_page is not None:
         parts.append(data_based_section(adaptive_page))
+        parts.append(paper_experiments_section(adaptive_page.parent / PAPER_PAGE))
     return "\n".join(parts)
 
 
