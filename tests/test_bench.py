@@ -318,3 +318,15 @@ def test_results_page_rerenders_from_json_and_embeds_the_data_based_page(cache, 
     (tmp_path / "results_adaptive.md").unlink()
     results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
     assert "results_adaptive.md is missing" in out.read_text()
+
+
+def test_results_page_takes_the_paper_experiments_statements_only(tmp_path):
+    from mdamerge.evaluation.results import paper_experiments_section
+
+    page = tmp_path / "paper_experiments.md"
+    assert "_Not generated yet" in paper_experiments_section(page)
+    page.write_text("# Title\n\nintro\n\n## tasks8\n\n### Plain statements\n\n- MDA ties TSV-M.\n\n"
+                    "### Compute\n\n| method | s |\n|---|---|\n\n## text8\n\n### Plain statements\n\n- second suite.\n")
+    text = paper_experiments_section(page)
+    assert "**tasks8**" in text and "- MDA ties TSV-M." in text and "**text8**" in text and "- second suite." in text
+    assert "| method |" not in text and "intro" not in text and "(paper_experiments.md)" in text
