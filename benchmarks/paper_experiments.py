@@ -496,16 +496,24 @@ def statements(sections: dict) -> list[str]:
         merged = [r for r in c["rows"] if r["kind"] != "reference"]
         lo, hi = min(merged, key=lambda r: r["delta_etf"]), max(merged, key=lambda r: r["delta_etf"])
         mda_rows = [r for r in merged if r["method"].startswith("mda")]
+        others = [r for r in merged if not r["method"].startswith("mda")]
+        best_other = min(others, key=lambda r: r["delta_etf"])
+        best_mda = min(mda_rows, key=lambda r: r["delta_etf"])
+        gain = best_other["delta_etf"] - best_mda["delta_etf"]
+        ft = rows["fine-tuned (individual)"]["delta_etf"]
         out.append(
-            f"- **Delta_ETF** (0 = simplex ETF): every merged model measures {lo['delta_etf']:.3f}-{hi['delta_etf']:.3f} "
+            f"- **Delta_ETF** (0 = simplex ETF, at most 2): every merged model measures {lo['delta_etf']:.3f}-{hi['delta_etf']:.3f} "
             f"(lowest {lo['method']}, highest {hi['method']}); the pretrained model {rows['pretrained']['delta_etf']:.3f}, "
-            f"the fine-tuned models {rows['fine-tuned (individual)']['delta_etf']:.3f}. "
-            + (f"Data-free MDA {rows['mda']['delta_etf']:.3f} vs TSV-M {rows['tsv']['delta_etf']:.3f}; "
+            f"the fine-tuned models {ft:.3f}. "
+            + (f"Data-free MDA {rows['mda']['delta_etf']:.3f}, TSV-M {rows['tsv']['delta_etf']:.3f}. "
                if "mda" in rows and "tsv" in rows else "")
-            + f"the MDA variants span {min(r['delta_etf'] for r in mda_rows):.3f}-{max(r['delta_etf'] for r in mda_rows):.3f}. "
-            + ("The spread between methods is below 0.01, so on this suite no method, MDA included, lowers Delta_ETF "
-               "measurably: the paper's claim is not reproduced here." if hi["delta_etf"] - lo["delta_etf"] < 0.01 else
-               "Methods differ by more than 0.01; see the table for which is lowest."))
+            + f"The lowest MDA variant ({best_mda['method']}, {best_mda['delta_etf']:.3f}) is "
+            + (f"{gain:.3f} below the lowest baseline ({best_other['method']}, {best_other['delta_etf']:.3f}). "
+               if gain > 0 else f"not below the lowest baseline ({best_other['method']}, {best_other['delta_etf']:.3f}). ")
+            + ("No model's class-mean features are close to a simplex ETF, the fine-tuned ones included, and merging "
+               f"moves Delta_ETF by at most {hi['delta_etf'] - lo['delta_etf']:.3f}: the paper's claim that MDA lowers "
+               "Delta_ETF is not reproduced here in any meaningful sense." if gain < 0.01 else
+               "MDA lowers Delta_ETF by at least 0.01 here."))
         layer = "features"
         ranked = sorted(merged, key=lambda r: -r.get("cka", {}).get(layer, 0))
         out.append(
@@ -631,11 +639,7 @@ def main(argv=None) -> None:
     store_path = out.with_suffix(".json")
     store = json.loads(store_path.read_text()) if store_path.exists() else {}
     if not args.render_only:
-        zoo = Zoo(args.zoo_root)
-        tasks = resolve_tasks(args.suite)
-        missing = zoo.missing(tasks)
-        if missing:
-            sys.exit(f"error: the zoo at {zoo.root} lacks {', '.join(missing)}; run `mdamerge zoo build --suite {args.suite}`")
+        zoo, tasks = open_suite(args.suite, args.zoo_root)
         for key in [s for s in args.sections.split(",") if s]:
             if key not in SECTIONS:
                 sys.exit(f"error: unknown section '{key}'; choose from {', '.join(SECTIONS)}")
@@ -652,6 +656,26 @@ def main(argv=None) -> None:
             log(f"[{args.suite}] section {key} done in {data['seconds']:.0f}s")
     out.write_text(render(store))
     print(f"wrote {out}")
+
+
+def open_suite(suite: str, zoo_root: str | None):
+    """``(zoo, tasks)`` of a suite: the one place that knows which zoo serves which suite.
+
+    The vision suites (tiny3, tasks8/14/20) live in :class:`mdamerge.zoo.build.Zoo`. Another
+    suite (e.g. a text suite) plugs in here with any zoo object offering ``base_state_dict``,
+    ``finetuned_state_dict``, ``task_data``, ``head``, ``load_backbone``, ``missing`` and
+    ``settings.fingerprint()``, and a ``run_bench`` that accepts it; the sections need nothing else.
+    """
+    from mdamerge.zoo.tasks import SUITES
+
+    if suite not in SUITES:
+        sys.exit(f"error: suite '{suite}' has no zoo here (vision suites: {', '.join(SUITES)}); add it to open_suite()")
+    zoo = Zoo(zoo_root)
+    tasks = resolve_tasks(suite)
+    missing = zoo.missing(tasks)
+    if missing:
+        sys.exit(f"error: the zoo at {zoo.root} lacks {', '.join(missing)}; run `mdamerge zoo build --suite {suite}`")
+    return zoo, tasks
 
 
 def section_command(args, key: str) -> str:
