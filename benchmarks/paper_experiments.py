@@ -547,6 +547,21 @@ def statements(sections: dict) -> list[str]:
         if based:
             bb = max(based, key=lambda r: r["unseen"])
             text += f"; best data-based {bb['method']} {100 * bb['unseen']:.1f}%"
+        pre = rows["pretrained"]
+        merged = free + based
+        below = [r for r in merged if r["unseen"] < pre["unseen"]]
+        if len(below) == len(merged):
+            gaps = [100 * (r["unseen"] - pre["unseen"]) for r in merged]
+            text += (f". Every merged backbone is below the pretrained one on the held-out tasks ({min(gaps):+.1f} to "
+                     f"{max(gaps):+.1f} points)"
+                     + (" while all are above it on the merged tasks" if all(r["seen"] > pre["seen"] for r in merged) else "")
+                     + ": on this zoo merging does not "
+                     "generalise to unseen tasks, and the methods that gain most on the seen tasks")
+            top = max(merged, key=lambda r: r["seen"])
+            text += (f" (e.g. {top['method']}: {100 * (top['seen'] - pre['seen']):+.1f} seen, "
+                     f"{100 * (top['unseen'] - pre['unseen']):+.1f} unseen) lose about as much as the others or more")
+        else:
+            text += f"; {len(merged) - len(below)} of {len(merged)} merged backbones are at or above the pretrained one on them"
         out.append(text + ".")
     d = sections.get("defaults")
     if d:
