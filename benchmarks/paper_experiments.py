@@ -395,7 +395,10 @@ def render_compute(d: dict) -> list[str]:
              "around the merge alone, in one process (peak resident memory above what the process held before the "
              "merge; the kernel's high-water mark is reset per method), with the base and fine-tuned state dicts "
              "already in memory. Data-based: total = setup (loading the unlabeled data, building the parameter space, "
-             "Procrustes initialisation, MDA-AM's AdaMerging stage is counted in its steps) + steps x time per step.", ""]
+             "Procrustes initialisation, MDA-AM's AdaMerging stage is counted in its steps) + steps x time per step. "
+             "Caveat: memory the process freed earlier (evaluation, data) is reused by later allocations without "
+             "raising the high-water mark, so the small data-free figures are lower bounds (the zoo's models are "
+             "1.2 M parameters, 5 MB each); benchmarks/scale.py measures merge memory in fresh processes.", ""]
     rows = []
     for r in d["rows"]:
         if r["kind"] == "reference":
