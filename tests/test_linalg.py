@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -80,3 +82,33 @@ def test_polar_factor_gram_route_and_fallback_agree_with_svd():
         else:
             q = polar_factor(a)
             assert q.shape == a.shape and torch.isfinite(q).all()
+
+
+def test_randomized_route_checks_itself_and_falls_back():
+    """On a flat noise tail the raw sketch misses the top-k subspace; top_k_svd('randomized') notices it."""
+    from mdamerge.methods.linalg import randomized_svd
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(300, 300, generator=gen, dtype=torch.float64)
+    k = 40
+    eu, es, evh = torch.linalg.svd(a, full_matrices=False)
+    exact = (eu[:, :k] * es[:k]) @ evh[:k]
+    u, s, vh = randomized_svd(a, 2 * k + 2, 6)
+    raw = (u[:, :k] * s[:k]) @ vh[:k]
+    assert (raw - exact).norm() / exact.norm() > 1e-3  # the sketch alone is inexact here
+    u, s, vh = top_k_svd(a, k, "randomized")
+    assert ((u * s) @ vh - exact).norm() / exact.norm() < 1e-9
+
+
+def test_gram_route_refuses_when_left_vectors_lose_orthogonality():
+    """S_k / S_1 = 2e-5 passes the eigenvalue guard but U = A V / S is not orthonormal to 1e-9: dense SVD instead."""
+    from mdamerge.methods.linalg import gram_top_k_svd
+
+    gen = torch.Generator().manual_seed(4)
+    u = torch.linalg.qr(torch.randn(80, 10, generator=gen, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(60, 10, generator=gen, dtype=torch.float64))[0]
+    s = torch.logspace(0, math.log10(2e-5), 10, dtype=torch.float64)
+    a = ((u * s) @ v.T).float()  # float32 rounding ~1e-8 dominates the smallest pairs
+    assert gram_top_k_svd(a.double(), 10) is None
+    got_u, got_s, got_vh = top_k_svd(a.double(), 10)
+    torch.testing.assert_close(got_s, torch.linalg.svdvals(a.double())[:10], rtol=1e-12, atol=0)

@@ -8,7 +8,11 @@ Per 2-D tensor with ``r = min(m, n)``:
 2. Task-specific directions: for each t, ``tau_t - U_c U_c^T tau_t`` (the common left
    subspace projected out), its top ``s`` triplets.
 3. Concatenate ``[U_1..U_T, U_c]`` (and S, V likewise), replace U and V by their polar
-   factors, flatten the spectrum to its mean, scale by alpha.
+   factors, flatten the spectrum to its mean, scale by alpha (default 1.0, FusionBench's
+   ``iso_cts.yaml``).
+
+The top-k decompositions take the exact float64 Gram route of
+:func:`~mdamerge.methods.linalg.top_k_svd` (dense SVD where it cannot certify itself).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 from .base import MergeMethod, Param, TensorJob
 from .iso_c import ISO_SCALING
-from .linalg import polar_factor, rebuild, thin_svd
+from .linalg import batched_top_k_svd, polar_factor, rebuild, top_k_svd
 from .registry import register
 from .svd_common import SVD_DTYPE, mean_delta, svd_inputs
 
@@ -35,14 +39,14 @@ class IsoCTS(MergeMethod):
             return scaling * mean_delta(job)
         deltas = svd_inputs(job)
         k_c, per_task = iso_cts_split(min(job.base.shape), job.num_tasks, job.params["common_fraction"])
-        u, s, vh = thin_svd(sum(deltas))
-        u_c, s_c, v_c = u[:, :k_c], s[:k_c], vh[:k_c].mT
+        u_c, s_c, vh_c = top_k_svd(sum(deltas), k_c)
+        v_c = vh_c.mT
+        residuals = [delta - u_c @ (u_c.mT @ delta) for delta in deltas]
         us, ss, vs = [], [], []
-        for delta in deltas:
-            u_t, s_t, vh_t = thin_svd(delta - u_c @ (u_c.mT @ delta))
-            us.append(u_t[:, :per_task])
-            ss.append(s_t[:per_task])
-            vs.append(vh_t[:per_task].mT)
+        for u_t, s_t, vh_t in batched_top_k_svd(residuals, per_task):
+            us.append(u_t)
+            ss.append(s_t)
+            vs.append(vh_t.mT)
         u_all = polar_factor(torch.cat(us + [u_c], 1))
         v_all = polar_factor(torch.cat(vs + [v_c], 1))
         s_all = torch.cat(ss + [s_c])

@@ -12,9 +12,19 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return torch.linalg.svd(a, full_matrices=False)
 
 
-# Below this ratio of smallest to largest kept eigenvalue the Gram route would lose
-# precision (it squares the condition number), so the dense SVD is used instead.
+# Accuracy guards of the Gram routes (see docs/method.md, "Accuracy of the SVD routes").
+# A Gram matrix squares the condition number: in float64 the i-th singular pair from
+# ``eigh(A^T A)`` carries a relative error of about eps64 * (S_1 / S_i)^2.
+#: top-k from the Gram only when S_k^2 >= GRAM_RCOND * S_1^2, i.e. S_k / S_1 >= 1e-5.
 GRAM_RCOND = 1e-10
+#: ... and only when the left vectors ``U = A V / S`` come out orthonormal to this
+#: (max entry of ``U^T U - I``): the a-posteriori check of the route.
+GRAM_ORTHO_TOL = 1e-9
+#: polar factor from the Gram only when the condition number of ``A`` is <= 1e4
+#: (error ~ eps64 * cond^2 <= 1e-8); otherwise the dense SVD.
+POLAR_RCOND = 1e-8
+#: randomized route: accepted only when its a-posteriori residual is this small.
+RANDOMIZED_TOL = 1e-6
 
 
 def top_k_svd(
@@ -22,29 +32,32 @@ def top_k_svd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top ``k`` singular triplets of ``a`` as ``(U[:, :k], S[:k], Vh[:k])``, in ``a``'s dtype.
 
-    Solvers:
+    Every solver returns the top-k triplets of the dense SVD up to the accuracy stated
+    in docs/method.md; the fast ones verify themselves and fall back to the dense SVD:
 
+    * ``"auto"`` / ``"gram"`` (default): ``eigh`` of the float64 Gram matrix ``a^T a``
+      (or ``a a^T``), ``U = a V / S``. Accepted when ``S_k / S_1 >= 1e-5`` and the
+      computed ``U`` is orthonormal to 1e-9 (a-posteriori check); then each singular
+      pair agrees with a float64 dense SVD to ~eps64 (S_1/S_i)^2 <= ~1e-9. Otherwise
+      (rank-deficient or zero input, very wide spectra) the dense SVD, in ``a``'s dtype.
     * ``"full"``: dense thin SVD, truncated.
-    * ``"gram"``: eigendecomposition of the float64 Gram matrix ``a^T a`` (or ``a a^T``),
-      ``U = a V / S``. Several times faster than a dense SVD on CPUs; the float64 Gram
-      keeps the top-k triplets accurate to ~1e-10 relative as long as
-      ``S_k^2 / S_1^2 > 1e-10``, otherwise it falls back to the dense SVD.
-    * ``"randomized"``: :func:`randomized_svd` (Halko et al.) with a sketch of
-      ``q = 2k + 2`` columns and ``niter`` power iterations.
-    * ``"auto"`` (default): randomized for matrices with ``min(m, n) >= 256`` when
-      ``3q <= min(m, n)`` (e.g. T >= 8 with the default k) -- an order of magnitude
-      faster, and on spectra that decay like task vectors' do its singular values
-      agree to ~1e-5 relative (tests/test_linalg.py) -- else gram.
+    * ``"randomized"``: :func:`randomized_svd` (sketch ``2k + 2``, ``niter`` power
+      iterations), accepted only when its residual ``||A V - U S|| / ||S||`` is below
+      1e-6 -- else the ``"auto"`` route. Never faster than ``"auto"`` by much on CPUs
+      once checked; kept for GPUs and for very large ``min(m, n)``.
     """
     m, n = a.shape
-    r = min(m, n)
-    k = max(0, min(k, r))
-    q = 2 * k + 2
-    use_randomized = solver == "randomized" or (solver == "auto" and r >= 256 and q * 3 <= r)
-    if use_randomized and q < r:
-        u, s, vh = randomized_svd(a, q, niter)
-        return u[:, :k], s[:k], vh[:k]
-    if solver in ("auto", "gram", "randomized") and k > 0:
+    k = max(0, min(k, m, n))
+    if k == 0:
+        return a.new_zeros(m, 0), a.new_zeros(0), a.new_zeros(0, n)
+    if solver == "randomized" and 2 * k + 2 < min(m, n):
+        u, s, vh = randomized_svd(a, 2 * k + 2, niter)
+        u, s, vh = u[:, :k], s[:k], vh[:k]
+        # Ritz triplets satisfy A^T U = V S by construction; A V = U S holds only if the
+        # sketch captured the top-k subspace, so that is the residual to check
+        if s[0] > 0 and float((a @ vh.mT - u * s).norm() / s.norm()) <= RANDOMIZED_TOL:
+            return u, s, vh
+    if solver != "full":
         triplets = gram_top_k_svd(a, k)
         if triplets is not None:
             return triplets
@@ -52,17 +65,41 @@ def top_k_svd(
     return u[:, :k], s[:k], vh[:k]
 
 
-def gram_top_k_svd(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Top-k SVD through ``eigh`` of the smaller float64 Gram matrix; ``None`` if ill-conditioned."""
+def _top_eigh(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest eigenpairs of the symmetric ``g``, eigenvalues descending.
+
+    On CPUs LAPACK's ``syevr`` (through SciPy, when installed) computes only the wanted
+    ``k`` pairs -- about twice as fast as the full ``eigh`` for k <= n/4, same accuracy.
+    """
+    n = g.shape[0]
+    if g.device.type == "cpu" and k < n // 2:
+        try:
+            from scipy.linalg import eigh as scipy_eigh
+        except ImportError:  # pragma: no cover - scipy ships with the bench extra
+            scipy_eigh = None
+        if scipy_eigh is not None:
+            vals, vecs = scipy_eigh(g.numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
+            return torch.from_numpy(vals).flip(0), torch.from_numpy(vecs).flip(1)
+    vals, vecs = torch.linalg.eigh(g)
+    return vals.flip(0)[:k], vecs.flip(1)[:, :k]
+
+
+def gram_top_k_svd(a: torch.Tensor, k: int, eig: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Top-k SVD through ``eigh`` of the smaller float64 Gram matrix; ``None`` when it cannot certify the result.
+
+    ``eig`` may pass the top-k eigenpairs (descending) of that Gram matrix when the
+    caller computed them already (batched over tasks).
+    """
     wide = a.shape[0] < a.shape[1]
     b = (a.mT if wide else a).double()  # tall: m >= n
-    evals, evecs = torch.linalg.eigh(b.mT @ b)  # ascending
-    top_vals = evals.flip(0)[:k]
-    if top_vals[-1] <= GRAM_RCOND * top_vals[0] or top_vals[0] <= 0:
+    vals, v = eig if eig is not None else _top_eigh(b.mT @ b, k)
+    if not (vals[0] > 0 and vals[-1] >= GRAM_RCOND * vals[0]):
         return None
-    v = evecs.flip(1)[:, :k]
-    s = top_vals.sqrt()
+    s = vals.sqrt()
     u = (b @ v) / s
+    defect = (u.mT @ u - torch.eye(k, dtype=u.dtype, device=u.device)).abs().max()
+    if not defect <= GRAM_ORTHO_TOL:
+        return None
     if wide:
         u, v = v, u
     return u.to(a.dtype), s.to(a.dtype), v.mT.to(a.dtype)
@@ -91,16 +128,33 @@ def polar_factor(a: torch.Tensor) -> torch.Tensor:
     """Orthogonal polar factor ``P Q^T`` of ``a = P S Q^T``: the closest matrix with orthonormal columns (or rows).
 
     Computed as ``a (a^T a)^{-1/2}`` from a float64 ``eigh`` of the small Gram matrix when
-    ``a`` is well conditioned (several times faster than an SVD on CPUs), else by the SVD.
+    ``a`` is well conditioned (cond <= 1e4: error ~ eps64 cond^2 <= 1e-8; several times
+    faster than an SVD on CPUs), else by the dense SVD in ``a``'s dtype, as published.
     """
     wide = a.shape[0] < a.shape[1]
     b = (a.mT if wide else a).double()
     evals, evecs = torch.linalg.eigh(b.mT @ b)
-    if evals[0] > GRAM_RCOND * evals[-1] and evals[-1] > 0:
+    if evals[-1] > 0 and evals[0] >= POLAR_RCOND * evals[-1]:
         polar = (b @ evecs) @ (evecs * evals.rsqrt()).mT
         return (polar.mT if wide else polar).to(a.dtype)
     p, _, qh = thin_svd(a)
     return p @ qh
+
+
+def isotropic_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean of all min(m, n) singular values of a, polar factor of a)``: Iso-C's two ingredients.
+
+    One float64 Gram ``eigh`` gives both when ``a`` is well conditioned (as in
+    :func:`polar_factor`); otherwise one dense SVD in ``a``'s dtype.
+    """
+    wide = a.shape[0] < a.shape[1]
+    b = (a.mT if wide else a).double()
+    evals, evecs = torch.linalg.eigh(b.mT @ b)
+    if evals[-1] > 0 and evals[0] >= POLAR_RCOND * evals[-1]:
+        polar = (b @ evecs) @ (evecs * evals.rsqrt()).mT
+        return evals.sqrt().mean().to(a.dtype), (polar.mT if wide else polar).to(a.dtype)
+    u, s, vh = thin_svd(a)
+    return s.mean(), u @ vh
 
 
 def etf_gram_operator(k: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -151,14 +205,39 @@ def concatenated_task_subspace(
 
     Returns ``U`` (m x Tk), ``S`` (Tk) and ``V`` (n x Tk) with task t's block in
     columns ``[t k, (t+1) k)`` -- the layout of TSV-M's ``sum_u``/``sum_s``/``sum_v``.
+    With the Gram route the T Gram matrices come from one batched product (and on a
+    GPU one batched ``eigh``).
     """
     us, ss, vs = [], [], []
-    for delta in deltas:
-        u, s, vh = canonical_signs(*top_k_svd(delta, k, solver))
+    for delta, triplets in zip(deltas, batched_top_k_svd(deltas, k, solver)):
+        u, s, vh = canonical_signs(*triplets)
         us.append(u)
         ss.append(s)
         vs.append(vh.mT)
     return torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+
+
+def batched_top_k_svd(deltas: list[torch.Tensor], k: int, solver: str = "auto") -> list[tuple]:
+    """:func:`top_k_svd` of each matrix (all of one shape), the Gram products batched."""
+    if solver not in ("auto", "gram") or not deltas:
+        return [top_k_svd(d, k, solver) for d in deltas]
+    m, n = deltas[0].shape
+    k = max(0, min(k, m, n))
+    if k == 0:
+        return [top_k_svd(d, k, solver) for d in deltas]
+    stacked = torch.stack([(d.mT if m < n else d) for d in deltas]).double()  # T x tall
+    grams = stacked.mT @ stacked
+    del stacked
+    if grams.device.type == "cpu":  # per matrix: LAPACK syevr computes only the k wanted pairs
+        eigs = [_top_eigh(g, k) for g in grams]
+    else:  # one batched eigh on GPUs
+        vals, vecs = torch.linalg.eigh(grams)
+        eigs = [(v.flip(0)[:k], w.flip(1)[:, :k]) for v, w in zip(vals, vecs)]
+    out = []
+    for d, eig in zip(deltas, eigs):
+        triplets = gram_top_k_svd(d, k, eig=eig)
+        out.append(triplets if triplets is not None else top_k_svd(d, k, "full"))
+    return out
 
 
 def canonical_signs(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,11 +13,15 @@ from .base import Param, TensorJob
 
 SVD_SOLVER = Param(
     "svd_solver", "auto", str,
-    "top-k SVD: 'full' (dense), 'gram' (float64 Gram eigh), 'randomized' (seeded sketch) or 'auto' (randomized when k is small, else gram)",
+    "top-k SVD: 'auto' = 'gram' (float64 Gram eigh, self-checked, dense fallback; exact), "
+    "'full' (dense SVD) or 'randomized' (seeded sketch, residual-checked, falls back to gram)",
     choices=("auto", "full", "gram", "randomized"),
 )
 SVD_DTYPE = Param(
-    "svd_dtype", "float32", str, "precision of the decompositions", choices=("float32", "float64")
+    "svd_dtype", "float64", str,
+    "working precision of the SVD methods (float32: FusionBench's; its dense SVDs are ill-posed at near-tied "
+    "singular values -- the Gram eigendecompositions are float64 either way)",
+    choices=("float32", "float64"),
 )
 RANK_FRACTION = Param(
     "rank_fraction", None, float,
