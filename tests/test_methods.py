@@ -183,6 +183,19 @@ def test_ties_global_threshold_spans_the_whole_model():
     assert not torch.allclose(per_tensor["a"], got["a"])
 
 
+def test_ties_zero_sign_follows_the_whole_model_majority_with_global_scope():
+    """Trimmed values that cancel exactly: FusionBench gives them the model's majority sign."""
+    zero = {"a": torch.zeros(4), "b": torch.zeros(10)}
+    tau1 = {"a": torch.tensor([1.0, 1.0, 1.0, 2.0]), "b": -torch.ones(10)}
+    tau2 = {"a": torch.tensor([1.0, 1.0, 1.0, -2.0]), "b": -torch.ones(10)}
+    # elected signs: tensor a +,+,+,0 (its own majority +); the model: 3 plus, 10 minus -> majority -
+    glob = mdamerge.merge_state_dicts(zero, [tau1, tau2], "ties", density=1.0)
+    assert float(glob["a"][3]) == pytest.approx(0.3 * -2.0)
+    per_tensor = mdamerge.merge_state_dicts(zero, [tau1, tau2], "ties", density=1.0, scope="tensor")
+    assert float(per_tensor["a"][3]) == pytest.approx(0.3 * 2.0)
+    torch.testing.assert_close(glob["a"][:3], torch.full((3,), 0.6))
+
+
 def test_ties_global_threshold_is_exact_kth_value():
     from mdamerge.methods.ties import global_trim_thresholds
 
