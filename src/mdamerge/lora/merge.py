@@ -7,8 +7,9 @@ rank and never decompose a dense m x n matrix:
 * the SVD of ``L R`` comes from thin QRs of the factors, ``L = Q_L R_L`` and
   ``R^T = Q_R R_R``, and the SVD of the small core ``R_L R_R^T`` (r x r):
   ``L R = (Q_L U_c) S (Q_R V_c)^T`` (:func:`factored_svd`);
-* ``tsv``/``mda``: per task the top ``k`` triplets with ``k = min(k_method, r_1..r_T)``
-  -- beyond its rank a task vector has no singular directions (a dense SVD would return
+* ``tsv``/``mda``: per task t the top ``k_t = min(k_method, r_t)`` triplets, ``r_t`` the
+  rank of ``L_t R_t`` (its adapter's rank unless degenerate) -- each adapter keeps its
+  own rank; beyond it a task vector has no singular directions (a dense SVD would return
   arbitrary null-space vectors with zero singular values, which the polar step would
   then mix in), so the LoRA variant stops at the rank; each singular pair gets a
   canonical sign (:func:`canonical_signs`), and the concatenated factors go through the
@@ -97,34 +98,44 @@ def canonical_signs(u: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, to
     return u * signs, vh * signs[:, None]
 
 
-def _task_subspace(lefts, rights, k):
-    us, ss, vs = [], [], []
+def _task_subspace(lefts, rights, k, own_rank: bool = False):
+    """Top-``k`` factored-SVD blocks of each task, side by side (``own_rank``: at most each task's rank)."""
+    us, ss, vs, ks = [], [], [], []
     for left, right in zip(lefts, rights):
         u, s, vh = factored_svd(left, right)
-        u, vh = canonical_signs(u[:, :k], vh[:k])
-        us.append(u[:, :k])
-        ss.append(s[:k])
-        vs.append(vh[:k].mT)
-    return torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+        k_t = min(k, numerical_rank(s, (left.shape[0], right.shape[1]))) if own_rank else k
+        u, vh = canonical_signs(u[:, :k_t], vh[:k_t])
+        us.append(u)
+        ss.append(s[:k_t])
+        vs.append(vh.mT)
+        ks.append(u.shape[1])
+    return torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1), ks
 
 
 def low_rank_merge(method: str, lefts: list[torch.Tensor], rights: list[torch.Tensor],
                    shape: tuple[int, int], params: dict[str, Any]) -> MergedDelta:
     """The merged delta of an SVD method from the task vectors' factors (weights already folded into ``lefts``)."""
-    dtype = torch.float64 if params.get("svd_dtype") == "float64" else torch.float32
+    dtype = torch.float64 if params.get("svd_dtype", "float64") == "float64" else torch.float32
     lefts = [x.to(dtype) for x in lefts]
     rights = [x.to(dtype) for x in rights]
     num_tasks = len(lefts)
     scaling = params["scaling"]
     if method in ("tsv", "mda"):
+        # each task keeps min(k, its own rank) triplets: adapters of rank 4 and 8 give 4 + 8 directions
         k = default_rank(shape, num_tasks, params["rank_fraction"])
-        k = min([k] + [min(x.shape[1], *shape) for x in lefts])
-        u, s, v = _task_subspace(lefts, rights, k)
+        u, s, v, ks = _task_subspace(lefts, rights, k, own_rank=True)
+        if u.shape[1] == 0:
+            return MergedDelta(torch.zeros(shape, device=u.device), u, v)
         if method == "tsv":
             merged = rebuild(polar_factor(u), s, polar_factor(v))
         else:
-            merged = mda_align(u, s, v, num_tasks, k, side=params["etf_side"], etf_over=params["etf_over"],
-                               polar=params["polar"], spectrum=params["spectrum"])
+            if params["etf_over"] == "tasks" and len(set(ks)) > 1:
+                raise ConfigError(
+                    "mda with etf_over='tasks' needs the same number of directions per adapter; these keep "
+                    f"{ks} (their ranks differ): use etf_over='directions'"
+                )
+            merged = mda_align(u, s, v, num_tasks, ks[0], side=params["etf_side"],
+                               etf_over=params["etf_over"], polar=params["polar"], spectrum=params["spectrum"])
         return MergedDelta(scaling * merged.float(), u, v)
     u, s, vh = factored_svd(torch.cat(lefts, 1), torch.cat(rights, 0))
     rank = numerical_rank(s, shape)
@@ -135,7 +146,7 @@ def low_rank_merge(method: str, lefts: list[torch.Tensor], rights: list[torch.Te
         k_c, per_task = iso_cts_split(rank, num_tasks, params["common_fraction"])
         u_c, s_c, v_c = u[:, :k_c], s[:k_c], vh[:k_c].mT
         projected = [left - u_c @ (u_c.mT @ left) for left in lefts]
-        u_t, s_t, v_t = _task_subspace(projected, rights, per_task)
+        u_t, s_t, v_t, _ = _task_subspace(projected, rights, per_task)
         u_all = polar_factor(torch.cat([u_t, u_c], 1))
         v_all = polar_factor(torch.cat([v_t, v_c], 1))
         s_all = torch.cat([s_t, s_c])

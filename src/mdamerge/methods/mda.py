@@ -44,7 +44,10 @@ def mda_align(
     """Steps 2-4 above on an already concatenated subspace; returns the merged delta."""
     if polar:
         u, v = polar_factor(u), polar_factor(v)
-    op = alignment_operator(num_tasks, k, etf_over, u.dtype, u.device)
+    if etf_over == "directions":  # any number of directions, also unequal per-task blocks (LoRA ranks)
+        op = etf_gram_operator(u.shape[1], dtype=u.dtype, device=u.device)
+    else:
+        op = alignment_operator(num_tasks, k, etf_over, u.dtype, u.device)
     if side in ("left", "both"):
         u = u @ op
     if side in ("right", "both"):
