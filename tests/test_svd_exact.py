@@ -171,11 +171,18 @@ def test_number_of_tasks(num_tasks, method):
     check(method, task_vectors("flat_tail", 200, 200, num_tasks, seed=num_tasks))
 
 
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300)])
+@pytest.mark.parametrize("kind", ["flat_tail", "shared", "rank_deficient"])
+def test_iso_cts_tall_and_wide(shape, kind):
+    """Iso-CTS's residual Gram is built differently for tall (a^T a - W^T W) and wide ((I-P) a a^T (I-P)) tensors."""
+    check("iso_cts", task_vectors(kind, *shape, 4, seed=9))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", [(3072, 768), (768, 3072)])
 def test_mlp_shapes(shape):
     taus = task_vectors("flat_tail", *shape, 4, seed=2)
-    for method in ("tsv", "iso_c"):
+    for method in ("tsv", "iso_c", "iso_cts"):
         check(method, taus)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from .base import MergeMethod, Param, TensorJob
 from .iso_c import ISO_SCALING
-from .linalg import batched_top_k_svd, polar_factor, rebuild, top_k_svd
+from .linalg import polar_factor, projected_top_k_svd, rebuild, top_k_svd
 from .registry import register
 from .svd_common import SVD_DTYPE, mean_delta, svd_inputs
 
@@ -41,9 +41,8 @@ class IsoCTS(MergeMethod):
         k_c, per_task = iso_cts_split(min(job.base.shape), job.num_tasks, job.params["common_fraction"])
         u_c, s_c, vh_c = top_k_svd(sum(deltas), k_c)
         v_c = vh_c.mT
-        residuals = [delta - u_c @ (u_c.mT @ delta) for delta in deltas]
         us, ss, vs = [], [], []
-        for u_t, s_t, vh_t in batched_top_k_svd(residuals, per_task):
+        for u_t, s_t, vh_t in (projected_top_k_svd(delta, u_c, per_task) for delta in deltas):
             us.append(u_t)
             ss.append(s_t)
             vs.append(vh_t.mT)

@@ -122,6 +122,42 @@ def gram_top_k_svd(a: torch.Tensor, k: int, eig: tuple[torch.Tensor, torch.Tenso
     return u.to(a.dtype), s.to(a.dtype), v.mT.to(a.dtype)
 
 
+def projected_top_k_svd(a: torch.Tensor, basis: torch.Tensor, k: int):
+    """Top-``k`` SVD of ``R = (I - Q Q^T) a`` for orthonormal columns ``Q = basis``, as ``(U, S, Vh)``.
+
+    Iso-CTS's task-specific step. The Gram of ``R`` comes from ``a``'s without forming
+    ``R``: ``a^T a - W^T W`` with ``W = Q^T a`` for tall ``a`` (one ``k_c x m x n`` product
+    instead of two), ``(I - P) a a^T (I - P)`` for wide ``a`` (none). Same checks as
+    :func:`gram_top_k_svd` (the cancellation in the subtraction shows up in the
+    orthogonality check), else the dense SVD of the formed ``R``, in ``a``'s dtype.
+    """
+    m, n = a.shape
+    k = max(0, min(k, m, n))
+    if k == 0:
+        return a.new_zeros(m, 0), a.new_zeros(0), a.new_zeros(0, n)
+    b, q = a.double(), basis.double()
+    if m >= n:
+        w = q.mT @ b
+        gram_a = gram64(b)
+        vals, v = _top_eigh(gram_a - gram64(w), k)
+        other = lambda vecs: b @ vecs - q @ (w @ vecs)  # noqa: E731  -- R V
+    else:
+        gram_a = gram64(b.mT)
+        half = gram_a - q @ (q.mT @ gram_a)
+        vals, v = _top_eigh(half - (half @ q) @ q.mT, k)
+        other = lambda vecs: b.mT @ (vecs - q @ (q.mT @ vecs))  # noqa: E731  -- R^T U
+    scale = gram_a.diagonal().max()
+    if vals[0] > 0 and vals[-1] >= GRAM_RCOND * scale:
+        s = vals.sqrt()
+        w_vecs = other(v) / s
+        defect = (w_vecs.mT @ w_vecs - torch.eye(k, dtype=w_vecs.dtype, device=w_vecs.device)).abs().max()
+        if defect <= GRAM_ORTHO_TOL:
+            u, vh = (w_vecs, v.mT) if m >= n else (v, w_vecs.mT)
+            return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
+    u, s, vh = thin_svd(a - basis @ (basis.mT @ a))
+    return u[:, :k], s[:k], vh[:k]
+
+
 def randomized_svd(
     a: torch.Tensor, q: int, niter: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
