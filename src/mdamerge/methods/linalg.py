@@ -258,8 +258,8 @@ def concatenated_task_subspace(
 
     Returns ``U`` (m x Tk), ``S`` (Tk) and ``V`` (n x Tk) with task t's block in
     columns ``[t k, (t+1) k)`` -- the layout of TSV-M's ``sum_u``/``sum_s``/``sum_v``.
-    With the Gram route the T Gram matrices come from one batched product (and on a
-    GPU one batched ``eigh``).
+    With the Gram route on a GPU the T Gram matrices come from one batched product and
+    one batched ``eigh``; on CPUs each from BLAS ``dsyrk`` and LAPACK ``syevr``.
     """
     us, ss, vs = [], [], []
     for delta, triplets in zip(deltas, batched_top_k_svd(deltas, k, solver)):
@@ -271,7 +271,7 @@ def concatenated_task_subspace(
 
 
 def batched_top_k_svd(deltas: list[torch.Tensor], k: int, solver: str = "auto") -> list[tuple]:
-    """:func:`top_k_svd` of each matrix (all of one shape), the Gram products batched."""
+    """:func:`top_k_svd` of each matrix (all of one shape); on GPUs the Gram products and ``eigh`` batched."""
     if solver not in ("auto", "gram") or not deltas:
         return [top_k_svd(d, k, solver) for d in deltas]
     m, n = deltas[0].shape
