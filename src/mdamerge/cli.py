@@ -99,12 +99,15 @@ def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_add
     if isinstance(data, dict) and data.get("method") in ADAPTIVE_HINTS:
         raise MergeError(f"'{data['method']}' learns from unlabeled data and is run by `mdamerge adapt CONFIG --out DIR` "
                          "(see `mdamerge adapt --list`); `mdamerge merge` runs the data-free methods (`mdamerge methods`)")
+    from pathlib import Path
+
+    from .config import MergeConfig
+
+    checked = MergeConfig.from_dict(data, root=Path(config).parent)  # torch-free: a typo fails before torch loads
     from .engine import merge
 
     if prefix is not None:
-        from .config import MergeConfig
-
-        config = MergeConfig.from_yaml(config)
+        config = checked
         config.prefix = prefix
 
     with interrupts_as_errors(out_dir):

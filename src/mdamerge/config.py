@@ -38,33 +38,35 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, closest_hint, short_repr
+from .methods.specs import MethodSpec, get_spec
+from .yamlio import DEFAULT_SHARD_SIZE, parse_size
 from .yamlio import MAX_CONFIG_VALUES, check_expanded_size, read_yaml_file  # noqa: F401  (re-exported: torch-free home)
-from .io.writer import DEFAULT_SHARD_SIZE, parse_size
-from .methods import get_method
-from .methods.base import MergeMethod
+
+if TYPE_CHECKING:
+    import torch
 
 TOP_LEVEL_KEYS = (
     "method", "base_model", "models", "parameters", "dtype", "exclude", "seed", "shard_size", "device", "workers",
     "vocab_mismatch", "prefix",
 )
 MODEL_KEYS = ("path", "weight", "parameters")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # names of torch dtypes (torch is imported only to use one)
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
 
 
-def parse_dtype(name: str | None) -> torch.dtype | None:
+def parse_dtype(name: str | None) -> "torch.dtype | None":
     """``'bfloat16'`` (or an alias such as ``bf16``) to a torch dtype; ``None`` stays ``None``."""
     if name is None:
         return None
     key = DTYPE_ALIASES.get(str(name), str(name))
     if key not in DTYPES:
         raise ConfigError(f"unknown dtype '{name}'" + closest_hint(str(name), [*DTYPES, *DTYPE_ALIASES]) + f"; choose from {', '.join(DTYPES)}")
-    return DTYPES[key]
+    import torch
+
+    return getattr(torch, key)
 
 
 @dataclass
@@ -94,8 +96,8 @@ class MergeConfig:
     prefix: str = "auto"  # fine-tunes saved under a prefix (bert., model., ...): see engine/prefixes.py
 
     def __post_init__(self) -> None:
-        self.method_impl = get_method(self.method)
-        self.resolver = ParameterResolver(self.method_impl, self.parameters, [m.parameters for m in self.models],
+        # validated against the torch-free spec, so a typo fails before torch loads
+        self.resolver = ParameterResolver(get_spec(self.method), self.parameters, [m.parameters for m in self.models],
                                           tensor_names=self._base_tensor_names)
         parse_dtype(self.dtype)
         if len(self.models) < 2:
@@ -112,6 +114,13 @@ class MergeConfig:
             raise ConfigError(f"vocab_mismatch must be 'error' or 'shared', got {self.vocab_mismatch!r}")
         if not isinstance(self.prefix, str) or not self.prefix:
             raise ConfigError(f"prefix must be 'auto', 'none' or a key prefix such as 'bert.', got {self.prefix!r}")
+
+    @property
+    def method_impl(self):
+        """The method's implementation (imports torch)."""
+        from .methods import get_method
+
+        return get_method(self.method)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], root: Path | None = None) -> "MergeConfig":
@@ -220,6 +229,10 @@ def check_device_name(device: Any) -> None:
     """A device string torch can parse (whether it is present is checked when merging)."""
     if not isinstance(device, str):
         raise ConfigError(f"device must be a string such as cpu, cuda or cuda:1, got {short_repr(device)}")
+    if re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", device):
+        return  # the common names, checked without importing torch
+    import torch
+
     try:
         torch.device(device)
     except (RuntimeError, ValueError):
@@ -311,7 +324,7 @@ class ParameterResolver:
     ``per_model`` parameters), then the top-level value, then the default; in each, the first
     matching ``{filter, value}`` rule wins, and a list of numbers is a gradient over the layers."""
 
-    def __init__(self, method: MergeMethod, parameters: dict[str, Any], model_parameters=None, tensor_names=None):
+    def __init__(self, method: MethodSpec, parameters: dict[str, Any], model_parameters=None, tensor_names=None):
         self.method = method
         self.per_model = tuple(getattr(method, "per_model", ()))
         self._rules: dict[str, list[tuple[str | None, Any]]] = {}

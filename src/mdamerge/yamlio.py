@@ -1,13 +1,14 @@
-"""Reading YAML config files without importing torch, so that bad configs fail fast."""
+"""Reading YAML config files (and config values such as sizes) without importing torch, so that bad configs fail fast."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 
 def read_yaml_file(path: str | Path) -> Any:
@@ -67,3 +68,22 @@ def check_expanded_size(data: Any, where: str, limit: int = MAX_CONFIG_VALUES) -
         size(data)
     except RecursionError:
         raise ConfigError(f"config {where} is nested too deeply") from None
+
+
+DEFAULT_SHARD_SIZE = 2 * 1000**3
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from a positive int or a string such as ``'2GB'``, ``'500MB'``, ``'1.5GiB'``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"cannot parse size {short_repr(value)} (expected e.g. 2GB, 500MB or a byte count)")
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?i?B?)\s*", str(value), re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"cannot parse size {value!r} (expected e.g. 2GB, 500MB or a byte count)")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    powers = {"": 0, "B": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+    base = 1024 if "I" in unit else 1000
+    size = int(number * base ** powers[unit.replace("I", "").replace("B", "") or ""])
+    if size < 1:
+        raise ConfigError(f"size {value!r} must be at least 1 byte")
+    return size

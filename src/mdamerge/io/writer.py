@@ -18,7 +18,6 @@ import errno
 import glob
 import json
 import os
-import re
 import shutil
 import stat
 import struct
@@ -36,6 +35,7 @@ except ImportError:  # Windows: no advisory locks, stale partial folders are onl
 import torch
 
 from ..errors import ConfigError, MergeError, OutputError, short_repr, warn
+from ..yamlio import DEFAULT_SHARD_SIZE, parse_size  # noqa: F401  (re-exported: torch-free home)
 from .checkpoint import WEIGHT_SUFFIXES, TensorInfo, allowed_roots, is_inside
 
 DTYPE_CODES = {
@@ -45,25 +45,6 @@ DTYPE_CODES = {
 }
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-DEFAULT_SHARD_SIZE = 2 * 1000**3
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from a positive int or a string such as ``'2GB'``, ``'500MB'``, ``'1.5GiB'``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"cannot parse size {short_repr(value)} (expected e.g. 2GB, 500MB or a byte count)")
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?i?B?)\s*", str(value), re.IGNORECASE)
-    if not match:
-        raise ConfigError(f"cannot parse size {value!r} (expected e.g. 2GB, 500MB or a byte count)")
-    number, unit = float(match.group(1)), match.group(2).upper()
-    powers = {"": 0, "B": 0, "K": 1, "M": 2, "G": 3, "T": 4}
-    base = 1024 if "I" in unit else 1000
-    size = int(number * base ** powers[unit.replace("I", "").replace("B", "") or ""])
-    if size < 1:
-        raise ConfigError(f"size {value!r} must be at least 1 byte")
-    return size
-
-
 def plan_shards(entries: Sequence[tuple[str, TensorInfo]], max_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
     """Split tensors, in order, into shards of at most ``max_bytes`` (a larger tensor gets its own shard)."""
     shards: list[list[tuple[str, TensorInfo]]] = [[]]

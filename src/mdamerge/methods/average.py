@@ -6,6 +6,7 @@ import torch
 
 from .base import MergeMethod, TensorJob
 from .registry import register
+from .specs import SPECS
 
 
 class Average(MergeMethod):
@@ -15,10 +16,4 @@ class Average(MergeMethod):
         return sum(d * (w / total) for d, w in zip(job.deltas, job.weights))
 
 
-AVERAGE = register(
-    Average(
-        name="average",
-        summary="Weighted mean of the fine-tuned weights: theta_0 + sum_t w_t tau_t / sum_t w_t.",
-        reference="Wortsman et al., Model soups, ICML 2022",
-    )
-)
+AVERAGE = register(Average.from_spec(SPECS["average"]))

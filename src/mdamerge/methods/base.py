@@ -10,60 +10,12 @@ streams over the model before the merge pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import ConfigError, closest_hint
-
-
-@dataclass(frozen=True)
-class Param:
-    """A method parameter: name, default, type and a one-line description."""
-
-    name: str
-    default: Any
-    kind: type
-    help: str
-    choices: tuple | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    optional: bool = False  # None is allowed (means "derive from the data")
-
-    def coerce(self, value: Any, where: str) -> Any:
-        """Validate ``value`` for this parameter, converting ints to floats where needed."""
-        if value is None and (self.optional or self.default is None):
-            return None
-        try:
-            if self.kind is bool:
-                if not isinstance(value, bool):
-                    raise TypeError
-                coerced = value
-            elif self.kind is float:
-                if isinstance(value, bool):
-                    raise TypeError
-                coerced = float(value)
-            elif self.kind is int:
-                if isinstance(value, bool) or int(value) != value:
-                    raise TypeError
-                coerced = int(value)
-            else:
-                coerced = self.kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"parameter '{self.name}'{where} must be {self.kind.__name__}, got {value!r}"
-            ) from None
-        if self.choices is not None and coerced not in self.choices:
-            raise ConfigError(
-                f"parameter '{self.name}'{where} must be one of {list(self.choices)}, got {value!r}"
-                + closest_hint(str(value), map(str, self.choices))
-            )
-        if self.minimum is not None and coerced < self.minimum:
-            raise ConfigError(f"parameter '{self.name}'{where} must be >= {self.minimum}, got {value!r}")
-        if self.maximum is not None and coerced > self.maximum:
-            raise ConfigError(f"parameter '{self.name}'{where} must be <= {self.maximum}, got {value!r}")
-        return coerced
+from .specs import MethodSpec, Param  # noqa: F401  (Param re-exported: its torch-free home is specs)
 
 
 @dataclass
@@ -97,27 +49,14 @@ TaskVectorStream = Callable[[], Iterator[tuple[str, list[torch.Tensor], list[flo
 
 
 @dataclass
-class MergeMethod:
-    """Base class of merging methods; subclasses set ``name``, ``params`` and ``merge_tensor``."""
+class MergeMethod(MethodSpec):
+    """Base class of merging methods: a :class:`~mdamerge.methods.specs.MethodSpec` (name,
+    parameters) plus ``merge_tensor``; subclasses are built with :meth:`from_spec`."""
 
-    name: str = ""
-    summary: str = ""
-    params: Sequence[Param] = field(default_factory=tuple)
-    reference: str = ""
-
-    def param_names(self) -> list[str]:
-        return [p.name for p in self.params]
-
-    def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params}
-
-    def param(self, name: str) -> Param:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise ConfigError(
-            f"method '{self.name}' has no parameter '{name}'" + closest_hint(name, self.param_names())
-        )
+    @classmethod
+    def from_spec(cls, spec: MethodSpec) -> "MergeMethod":
+        """The implementation of ``spec``, sharing its (immutable) parameter declarations."""
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(MethodSpec)})
 
     def prepare(self, stream: TaskVectorStream, params_for: Callable[[str], dict[str, Any]]) -> Any:
         """Optional pass over all task vectors before merging; returns state given to each job."""

@@ -11,9 +11,9 @@ import zlib
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob, per_model_values
+from .base import MergeMethod, TensorJob, per_model_values
 from .registry import register
-from .task_arithmetic import SCALING
+from .specs import SPECS
 
 
 def stable_seed(seed: int, name: str, index: int) -> int:
@@ -28,7 +28,6 @@ def dare_mask(shape: torch.Size, drop_rate: float, seed: int) -> torch.Tensor:
 
 
 class Dare(MergeMethod):
-    per_model = ("drop_rate",)  # models[i].parameters.drop_rate: a drop rate per model
 
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
         rates = per_model_values(job.params["drop_rate"], job.num_tasks)
@@ -42,16 +41,4 @@ class Dare(MergeMethod):
         return job.params["scaling"] * out
 
 
-DARE = register(
-    Dare(
-        name="dare",
-        summary="Random drop (p) and rescale (1/(1-p)) of each task vector, then task arithmetic; seeded.",
-        params=(
-            Param("drop_rate", 0.5, float, "probability p of dropping each entry", minimum=0.0, maximum=0.999),
-            Param("rescale", True, bool, "rescale kept entries by 1/(1-p)"),
-            Param("only_2d", False, bool, "apply dropping only to 2-D weights (FusionBench: only_on_linear_weights)"),
-            SCALING,
-        ),
-        reference="Yu et al., Language models are Super Mario, ICML 2024",
-    )
-)
+DARE = register(Dare.from_spec(SPECS["dare"]))

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
+from .base import MergeMethod, TensorJob
 from .base import per_model_values as per_model
 from .dare import stable_seed
 from .registry import register
+from .specs import SPECS
 
 L1_EPS = 1e-7  # mergekit: no rescaling when either L1 norm is below this
 
@@ -96,7 +97,6 @@ def sign_consensus(deltas: torch.Tensor, how: str) -> torch.Tensor:
 
 class GeneralizedTaskArithmetic(MergeMethod):
     # parameters that take one value per model (lists of T values in job.params)
-    per_model = ("weight", "density", "gamma")
 
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
         p = job.params
@@ -127,23 +127,4 @@ class GeneralizedTaskArithmetic(MergeMethod):
         return mixed
 
 
-GTA = register(
-    GeneralizedTaskArithmetic(
-        name="gta",
-        summary="mergekit's generalized task arithmetic: per-model sparsify (magnitude/random), weight, "
-                "sign consensus, optional normalisation, lambda. What mergekit configs translate to.",
-        params=(
-            Param("sparsify", "none", str, "per-tensor sparsification of each task vector (outliers: Model Breadcrumbs)",
-                  choices=("none", "magnitude", "random", "outliers")),
-            Param("consensus", "none", str, "sign election (TIES: sum)", choices=("none", "sum", "count")),
-            Param("normalize", False, bool, "divide by the sum of the (surviving) weights"),
-            Param("rescale", False, bool, "after sparsifying, restore each task vector's L1 norm (mergekit DARE)"),
-            Param("scaling", 1.0, float, "lambda, applied after the sum (mergekit default 1)"),
-            Param("weight", 1.0, float, "per-model weight (times the model's own weight); may differ per model"),
-            Param("density", 1.0, float, "fraction kept by sparsify; may differ per model", minimum=0.0, maximum=1.0),
-            Param("gamma", 0.01, float, "sparsify=outliers: fraction of largest magnitudes dropped; may differ per model",
-                  minimum=0.0, maximum=1.0),
-        ),
-        reference="Yadav et al. 2023 (TIES), Yu et al. 2024 (DARE), as implemented in mergekit (Goddard et al. 2024)",
-    )
-)
+GTA = register(GeneralizedTaskArithmetic.from_spec(SPECS["gta"]))

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
+from .base import MergeMethod, TensorJob
 from .linalg import isotropic_polar
 from .registry import register
-from .svd_common import SVD_DTYPE, mean_delta, svd_inputs
-
-ISO_SCALING = Param(
-    "scaling", 1.0, float,
-    "alpha, scale of the isotropic task vector (FusionBench's iso_c.yaml/iso_cts.yaml default: 1.0; tune it on validation)",
-)
+from .specs import SPECS
+from .svd_common import mean_delta, svd_inputs
 
 
 class IsoC(MergeMethod):
@@ -35,11 +31,4 @@ class IsoC(MergeMethod):
         return scaling * (mean_s * polar).float()
 
 
-ISO_C = register(
-    IsoC(
-        name="iso_c",
-        summary="Iso-C: SVD of the summed task vectors with a flat (mean) spectrum.",
-        params=(ISO_SCALING, SVD_DTYPE),
-        reference="Marczak et al., No Task Left Behind: Isotropic Model Merging, ICML 2025",
-    )
-)
+ISO_C = register(IsoC.from_spec(SPECS["iso_c"]))

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
-from .iso_c import ISO_SCALING
+from .base import MergeMethod, TensorJob
 from .linalg import polar_factor, projected_top_k_svd, rebuild, top_k_svd
 from .registry import register
-from .svd_common import SVD_DTYPE, mean_delta, svd_inputs
+from .specs import SPECS
+from .svd_common import mean_delta, svd_inputs
 
 
 def iso_cts_split(r: int, num_tasks: int, common_fraction: float) -> tuple[int, int]:
@@ -52,15 +52,4 @@ class IsoCTS(MergeMethod):
         return scaling * rebuild(u_all, torch.full_like(s_all, s_all.mean()), v_all).float()
 
 
-ISO_CTS = register(
-    IsoCTS(
-        name="iso_cts",
-        summary="Iso-CTS: common + task-specific subspaces, polar-orthogonalised, flat spectrum.",
-        params=(
-            Param("common_fraction", 0.8, float, "share of the rank given to the common subspace", minimum=0.0, maximum=1.0),
-            ISO_SCALING,
-            SVD_DTYPE,
-        ),
-        reference="Marczak et al., No Task Left Behind: Isotropic Model Merging, ICML 2025",
-    )
-)
+ISO_CTS = register(IsoCTS.from_spec(SPECS["iso_cts"]))

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
+from .base import MergeMethod, TensorJob
 from .linalg import concatenated_task_subspace, default_rank, etf_gram_operator, polar_factor, rebuild
 from .registry import register
-from .svd_common import RANK_FRACTION, SVD_DTYPE, SVD_SOLVER, mean_delta, svd_inputs
+from .specs import SPECS
+from .svd_common import mean_delta, svd_inputs
 
 
 def alignment_operator(num_tasks: int, k: int, etf_over: str, dtype, device) -> torch.Tensor:
@@ -71,20 +72,4 @@ class MDA(MergeMethod):
         return p["scaling"] * merged.float()
 
 
-MDA_METHOD = register(
-    MDA(
-        name="mda",
-        summary="MDA (data-free): shared top-k task subspace given a simplex-ETF directional structure.",
-        params=(
-            RANK_FRACTION,
-            Param("etf_side", "left", str, "which singular directions get the ETF structure", choices=("left", "right", "both")),
-            Param("etf_over", "directions", str, "ETF over all K=T*k directions or over the T task blocks", choices=("directions", "tasks")),
-            Param("polar", True, bool, "orthogonalise U and V (polar factor) before the ETF step"),
-            Param("spectrum", "task", str, "keep the task singular values or flatten them to their mean", choices=("task", "isotropic")),
-            Param("scaling", 1.0, float, "alpha, scale of the merged task vector"),
-            SVD_SOLVER,
-            SVD_DTYPE,
-        ),
-        reference="Chen et al., From Coefficients to Directions: Rethinking Model Merging with Directional Alignment, 2025",
-    )
-)
+MDA_METHOD = register(MDA.from_spec(SPECS["mda"]))

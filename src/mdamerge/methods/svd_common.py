@@ -9,25 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Param, TensorJob
-
-SVD_SOLVER = Param(
-    "svd_solver", "auto", str,
-    "top-k SVD: 'auto' = 'gram' (float64 Gram eigh, self-checked, dense fallback; exact), "
-    "'full' (dense SVD) or 'randomized' (seeded sketch, residual-checked, falls back to gram)",
-    choices=("auto", "full", "gram", "randomized"),
-)
-SVD_DTYPE = Param(
-    "svd_dtype", "float64", str,
-    "working precision of the SVD methods (float32: FusionBench's; its dense SVDs are ill-posed at near-tied "
-    "singular values -- the Gram eigendecompositions are float64 either way)",
-    choices=("float32", "float64"),
-)
-RANK_FRACTION = Param(
-    "rank_fraction", None, float,
-    "triplets kept per task as a fraction of min(m, n); default 1/T (k = floor(min(m,n)/T))",
-    minimum=0.0, maximum=1.0, optional=True,
-)
+from .base import TensorJob
 
 
 def mean_delta(job: TensorJob) -> torch.Tensor:

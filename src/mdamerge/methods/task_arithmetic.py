@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
+from .base import MergeMethod, TensorJob
 from .registry import register
-
-SCALING = Param("scaling", 0.3, float, "lambda, the scale of the summed task vectors (FusionBench: 0.3)")
+from .specs import SPECS
 
 
 class TaskArithmetic(MergeMethod):
@@ -15,11 +14,4 @@ class TaskArithmetic(MergeMethod):
         return job.params["scaling"] * sum(job.weighted_deltas())
 
 
-TASK_ARITHMETIC = register(
-    TaskArithmetic(
-        name="task_arithmetic",
-        summary="theta_0 + lambda * sum_t w_t tau_t.",
-        params=(SCALING,),
-        reference="Ilharco et al., Editing models with task arithmetic, ICLR 2023",
-    )
-)
+TASK_ARITHMETIC = register(TaskArithmetic.from_spec(SPECS["task_arithmetic"]))

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob, per_model_values
+from .base import MergeMethod, TensorJob, per_model_values
 from .registry import register
-from .task_arithmetic import SCALING
+from .specs import SPECS
 
 _BUCKETS = 1 << 16
 
@@ -134,7 +134,6 @@ def elect_and_merge(trimmed: list[torch.Tensor], merge_func: str, majority_sign:
 
 
 class Ties(MergeMethod):
-    per_model = ("density",)  # models[i].parameters.density: a density per model
 
     def prepare(self, stream, params_for):
         first = next(iter(stream()), None)
@@ -156,16 +155,4 @@ class Ties(MergeMethod):
         return job.params["scaling"] * elect_and_merge(trimmed, job.params["merge_func"], majority)
 
 
-TIES = register(
-    Ties(
-        name="ties",
-        summary="Trim to the top-density magnitudes, elect signs, disjoint merge; global (default) or per-tensor trimming.",
-        params=(
-            Param("density", 0.2, float, "fraction of entries of each task vector kept (FusionBench: top 20%)", minimum=0.0, maximum=1.0),
-            Param("scope", "global", str, "trim over the whole model (FusionBench) or each tensor (mergekit)", choices=("global", "tensor")),
-            Param("merge_func", "sum", str, "disjoint 'sum' (FusionBench) or 'mean' (original paper)", choices=("sum", "mean")),
-            SCALING,
-        ),
-        reference="Yadav et al., TIES-Merging, NeurIPS 2023",
-    )
-)
+TIES = register(Ties.from_spec(SPECS["ties"]))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Param, TensorJob
+from .base import MergeMethod, TensorJob
 from .linalg import concatenated_task_subspace, default_rank, polar_factor, rebuild
 from .registry import register
-from .svd_common import RANK_FRACTION, SVD_DTYPE, SVD_SOLVER, mean_delta, svd_inputs
+from .specs import SPECS
+from .svd_common import mean_delta, svd_inputs
 
 
 class TSV(MergeMethod):
@@ -28,16 +29,4 @@ class TSV(MergeMethod):
         return scaling * merged.float()
 
 
-TSV_M = register(
-    TSV(
-        name="tsv",
-        summary="TSV-M: per-task top-k SVD blocks, concatenated, polar-orthogonalised, rebuilt.",
-        params=(
-            RANK_FRACTION,
-            Param("scaling", 1.0, float, "alpha, scale of the merged task vector (FusionBench: 1.0)"),
-            SVD_SOLVER,
-            SVD_DTYPE,
-        ),
-        reference="Gargiulo et al., Task Singular Vectors, CVPR 2025",
-    )
-)
+TSV_M = register(TSV.from_spec(SPECS["tsv"]))
