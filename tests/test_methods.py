@@ -340,3 +340,16 @@ def test_svd_methods_use_mean_task_vector_for_non_2d(method):
     for name in base:
         expected = base[name] + scaling * sum(f[name] - base[name] for f in fts) / 3
         torch.testing.assert_close(out[name], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_every_spec_has_its_implementation_and_shares_its_parameters():
+    """Names and parameters are declared once, torch-free, in methods/specs.py; the registry
+    loads an implementation for each, built from that very spec."""
+    from mdamerge.methods import MergeMethod, available_methods, get_method
+    from mdamerge.methods.specs import SPECS
+
+    assert available_methods() == sorted(SPECS)
+    for name, spec in SPECS.items():
+        impl = get_method(name)
+        assert impl.name == name and impl.params is spec.params and impl.per_model == spec.per_model
+        assert type(impl).merge_tensor is not MergeMethod.merge_tensor  # a real merge, not the abstract one
