@@ -165,10 +165,10 @@ def _replay_lora(config, out_dir, device, dtype, overwrite, quiet) -> None:
 @click.option("--name", default=None, help="Show one method only.")
 def methods_cmd(name):
     """List merging methods with their parameters and defaults."""
-    from .methods import available_methods, get_method
+    from .methods.specs import SPECS, get_spec  # torch-free: names and parameters only
 
-    for method_name in [name] if name else available_methods():
-        method = get_method(method_name)
+    for method_name in [name] if name else sorted(SPECS):
+        method = get_spec(method_name)
         click.echo(f"{method.name}: {method.summary}")
         if method.reference:
             click.echo(f"    ref: {method.reference}")

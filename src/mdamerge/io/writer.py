@@ -34,7 +34,7 @@ except ImportError:  # Windows: no advisory locks, stale partial folders are onl
 
 import torch
 
-from ..errors import ConfigError, MergeError, OutputError, short_repr, warn
+from ..errors import MergeError, OutputError, warn
 from ..yamlio import DEFAULT_SHARD_SIZE, parse_size  # noqa: F401  (re-exported: torch-free home)
 from .checkpoint import WEIGHT_SUFFIXES, TensorInfo, allowed_roots, is_inside
 
