@@ -28,7 +28,6 @@ def dare_mask(shape: torch.Size, drop_rate: float, seed: int) -> torch.Tensor:
 
 
 class Dare(MergeMethod):
-
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
         rates = per_model_values(job.params["drop_rate"], job.num_tasks)
         if job.params["only_2d"] and job.base.ndim != 2:

@@ -96,8 +96,6 @@ def sign_consensus(deltas: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class GeneralizedTaskArithmetic(MergeMethod):
-    # parameters that take one value per model (lists of T values in job.params)
-
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
         p = job.params
         how = p["sparsify"]

@@ -166,7 +166,7 @@ SPECS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                   minimum=0.0, maximum=1.0),
         ),
         reference="Yadav et al. 2023 (TIES), Yu et al. 2024 (DARE), as implemented in mergekit (Goddard et al. 2024)",
-        per_model=("weight", "density", "gamma"),
+        per_model=("weight", "density", "gamma"),  # one value per model (lists of T values in job.params)
     ),
     MethodSpec(
         name="tsv",

@@ -134,7 +134,6 @@ def elect_and_merge(trimmed: list[torch.Tensor], merge_func: str, majority_sign:
 
 
 class Ties(MergeMethod):
-
     def prepare(self, stream, params_for):
         first = next(iter(stream()), None)
         if first is None or first[3]["scope"] != "global":
