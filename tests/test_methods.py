@@ -353,3 +353,19 @@ def test_every_spec_has_its_implementation_and_shares_its_parameters():
         impl = get_method(name)
         assert impl.name == name and impl.params is spec.params and impl.per_model == spec.per_model
         assert type(impl).merge_tensor is not MergeMethod.merge_tensor  # a real merge, not the abstract one
+
+
+def test_a_method_registered_at_run_time_can_be_named_in_a_config(monkeypatch):
+    from mdamerge.config import MergeConfig
+    from mdamerge.methods import MergeMethod, Param, registry
+
+    class Halve(MergeMethod):
+        def merge_tensor(self, job):
+            return job.params["factor"] * sum(job.deltas)
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # unregistered after the test
+    registry.register(Halve(name="halve", params=(Param("factor", 0.5, float, "scale of the sum"),)))
+    cfg = MergeConfig.from_dict({"method": "halve", "base_model": "b", "models": ["x", "y"], "parameters": {"factor": 2}})
+    assert cfg.resolver.resolve("w") == {"factor": 2.0} and isinstance(cfg.method_impl, Halve)
+    with pytest.raises(mdamerge.MergeError, match="method 'halve' has no parameter 'factr'"):
+        MergeConfig.from_dict({"method": "halve", "base_model": "b", "models": ["x", "y"], "parameters": {"factr": 2}})

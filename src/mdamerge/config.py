@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, closest_hint, short_repr
-from .methods.specs import MethodSpec, get_spec
+from .methods.registry import method_spec
+from .methods.specs import MethodSpec
 from .yamlio import DEFAULT_SHARD_SIZE, parse_size
 from .yamlio import MAX_CONFIG_VALUES, check_expanded_size, read_yaml_file  # noqa: F401  (re-exported: torch-free home)
 
@@ -97,7 +98,7 @@ class MergeConfig:
 
     def __post_init__(self) -> None:
         # validated against the torch-free spec, so a typo fails before torch loads
-        self.resolver = ParameterResolver(get_spec(self.method), self.parameters, [m.parameters for m in self.models],
+        self.resolver = ParameterResolver(method_spec(self.method), self.parameters, [m.parameters for m in self.models],
                                           tensor_names=self._base_tensor_names)
         parse_dtype(self.dtype)
         if len(self.models) < 2:

@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, closest_hint
-from .specs import SPECS
+from .specs import SPECS, MethodSpec, get_spec
 
 if TYPE_CHECKING:
     from .base import MergeMethod
@@ -48,3 +48,11 @@ def available_methods() -> list[str]:
     """Names of all registered methods, sorted."""
     _load_implementations()
     return sorted(_REGISTRY)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The name and parameters of method ``name`` without importing torch: its spec, or a
+    method registered at run time (a plugin, whose module has already imported torch)."""
+    if name not in SPECS and name in _REGISTRY:
+        return _REGISTRY[name]
+    return get_spec(name)
