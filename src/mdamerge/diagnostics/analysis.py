@@ -105,7 +105,6 @@ def delta_etf_rows(inputs: AnalysisInputs, zoo, labels: list[str],
                    progress: Callable[[str], None] = lambda _: None) -> list[EtfRow]:
     """Delta_ETF of the pretrained, fine-tuned and merged TinyViT models on the tasks' test sets."""
     from ..adaptation.output import load_feature_transforms
-    from ..zoo.model import TinyViT
 
     tasks = inputs.tasks or []
     data = task_etf_data(tasks, zoo, inputs.max_samples)
@@ -115,7 +114,7 @@ def delta_etf_rows(inputs: AnalysisInputs, zoo, labels: list[str],
     rows = []
     for label, role, folder, its_tasks in plan:
         progress(f"Delta_ETF: {label}")
-        model = TinyViT.from_pretrained(folder, device=inputs.device).eval()
+        model = zoo.load_backbone(folder).to(inputs.device).eval()
         transforms = load_feature_transforms(folder)
         for task, value, misalign in model_etf(model, data, its_tasks, transforms, inputs.device):
             rows.append(EtfRow(label, role, task, value, misalign))

@@ -51,7 +51,7 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, ra
     if suite or task_list:
         from ..adaptation.registry import resolve_tasks
         from ..errors import closest_hint
-        from ..zoo.build import Zoo
+        from ..zoo.build import zoo_for_tasks
         from ..zoo.tasks import SUITES
 
         if suite and suite not in SUITES:
@@ -60,9 +60,9 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, ra
         if cache:
             from ..zoo.commands import zoo_from_cache
 
-            zoo = zoo_from_cache(cache)
+            zoo = zoo_from_cache(cache, tasks)
         else:
-            zoo = Zoo(root=zoo_root)
+            zoo = zoo_for_tasks(tasks, root=zoo_root)
         missing = zoo.missing(tasks)
         if missing:
             raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")

@@ -23,9 +23,8 @@ import torch
 from ..engine import merge_state_dicts
 from ..errors import ConfigError, closest_hint
 from ..methods import available_methods, get_method
-from ..zoo.build import Zoo
+from ..zoo.build import Zoo, zoo_for_tasks
 from ..zoo.finetune import cpu_threads
-from ..zoo.model import TinyViT
 from ..zoo.tasks import SUITES, resolve_tasks
 from .evaluate import average, evaluate_backbone, evaluate_model, normalized
 
@@ -339,7 +338,7 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
     held_out = held_out_tasks(tasks, unseen)
     seen = [t for t in tasks if t not in held_out]  # the tasks merged and searched on
     names = resolve_methods(methods)
-    zoo = zoo if zoo is not None else Zoo()
+    zoo = zoo if zoo is not None else zoo_for_tasks(tasks)
     missing = zoo.missing(tasks)
     if missing:
         if not build:
@@ -362,7 +361,8 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
     for name in names:
         t0 = time.perf_counter()
         if name in adaptive:
-            row = _adaptive_row(name, adaptive[name], zoo, seen, device, seed, options.get(name, {}), tasks)
+            extra = {**zoo_adaptive_defaults(zoo, adaptive[name]), **options.get(name, {})}
+            row = _adaptive_row(name, adaptive[name], zoo, seen, device, seed, extra, tasks)
         else:
             row = _data_free_row(name, base, finetuned, zoo, tasks, device, seed, search, val_score, options.get(name, {}))
         row.seconds = round(time.perf_counter() - t0, 1)
@@ -392,9 +392,10 @@ def _row_line(row: Row) -> str:
 
 
 def _pretrained_row(zoo: Zoo, tasks: list[str], device: str) -> Row:
+    """The pretrained backbone through each task's probe head (the vision zoo: its frozen task head)."""
     t0 = time.perf_counter()
     model = zoo.load_backbone()
-    acc = evaluate_model(model, zoo, tasks, "test", device)
+    acc = evaluate_model(model, zoo, tasks, "test", device, heads={t: zoo.probe_head(t) for t in tasks})
     return Row("pretrained", "reference", acc, seconds=round(time.perf_counter() - t0, 1))
 
 
@@ -403,7 +404,7 @@ def _finetuned_row(zoo: Zoo, tasks: list[str], device: str) -> Row:
     t0 = time.perf_counter()
     acc = {}
     for task in tasks:
-        model = TinyViT.from_pretrained(zoo.finetuned_dir(task))
+        model = zoo.load_backbone(zoo.finetuned_dir(task))
         acc[task] = evaluate_model(model, zoo, [task], "test", device)[task]
     return Row("fine-tuned", "reference", acc, seconds=round(time.perf_counter() - t0, 1))
 
@@ -442,6 +443,13 @@ def _data_free_row(
         s if s is not None else extra.get("scaling"))
     acc = evaluate_backbone(final, zoo, tasks, "test", device)
     return Row(name, "data-free", acc, params=params, val_average=None if math.isnan(val) else val, trials=trials)
+
+
+def zoo_adaptive_defaults(zoo: Zoo, method: Callable) -> dict[str, Any]:
+    """The zoo's budget for data-based methods (the text zoo's CPU-sized steps), limited to the method's options."""
+    defaults = getattr(zoo, "ADAPTIVE_DEFAULTS", {})
+    accepted = getattr(method, "options", None)
+    return {k: v for k, v in defaults.items() if accepted is None or k in accepted}
 
 
 def _adaptive_row(

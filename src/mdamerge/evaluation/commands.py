@@ -32,12 +32,11 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
     from .tables import pct
 
     set_threads(threads)
-    _require_zoo_model(model_dir)
-
-    zoo = zoo_from_cache(cache)
+    names = task_selection(suite, tasks)
+    zoo = zoo_from_cache(cache, names)
+    _require_zoo_model(model_dir, zoo)
     if out_dir:
         check_results_folder(out_dir, [model_dir, zoo.root])
-    names = task_selection(suite, tasks)
     missing = zoo.missing(names)
     if missing:
         raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build --suite {suite}")
@@ -90,7 +89,7 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
     from .bench import run_bench
     from .tables import terminal_report
 
-    zoo = zoo_from_cache(cache)
+    zoo = zoo_from_cache(cache, task_selection(suite, tasks))
     out = Path(out_dir) if out_dir else (Path(cache).expanduser() if cache else default_cache_dir()) / "results"
     check_results_folder(out, [zoo.root])
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
@@ -101,19 +100,22 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
     click.echo(f"saved {out / f'bench-{result.suite}.json'} and {out / f'bench-{result.suite}.md'}")
 
 
-def _require_zoo_model(model_dir: str) -> None:
-    """`eval` measures TinyViT zoo backbones; say so for any other model instead of a layout error."""
+def _require_zoo_model(model_dir: str, zoo) -> None:
+    """`eval` measures the zoo's backbones (TinyViT; BERT encoders for the text zoo); say so for any
+    other model instead of a layout error."""
     from ..zoo.model import MODEL_TYPE
 
+    expected = getattr(zoo, "MODEL_TYPE", MODEL_TYPE)
+    kind = "TinyViT backbones" if expected == MODEL_TYPE else f"the text zoo's {expected} encoders"
     config = Path(model_dir) / "config.json"
     try:
         model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
     except (OSError, ValueError):
         model_type = None
-    if model_type is not None and model_type != MODEL_TYPE:
+    if model_type is not None and model_type != expected:
         raise MergeError(
-            f"{model_dir} is a '{model_type}' model: `mdamerge eval` measures TinyViT backbones of the offline zoo "
-            f"(model_type '{MODEL_TYPE}'); evaluate it with its own library (transformers, sentence-transformers), "
+            f"{model_dir} is a '{model_type}' model: `mdamerge eval` measures {kind} of the offline zoo "
+            f"(model_type '{expected}'); evaluate it with its own library (transformers, sentence-transformers), "
             "or run a Hugging Face recipe with `mdamerge bench --recipe NAME`")
 
 

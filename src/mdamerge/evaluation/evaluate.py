@@ -11,17 +11,14 @@ import torch
 from ..errors import ConfigError
 from ..zoo.build import Zoo, read_state_dict
 from ..zoo.finetune import head_accuracy
-from ..zoo.model import TinyViT
 from ..zoo.tasks import resolve_tasks
 
 FeatureTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def backbone_from_state_dict(state_dict: dict[str, torch.Tensor], zoo: Zoo, device: str = "cpu") -> TinyViT:
-    """A :class:`TinyViT` shaped like the zoo's backbone, holding ``state_dict``."""
-    model = TinyViT(zoo.settings.model)
-    model.load_backbone_state(state_dict)
-    return model.to(device).eval()
+def backbone_from_state_dict(state_dict: dict[str, torch.Tensor], zoo: Zoo, device: str = "cpu") -> torch.nn.Module:
+    """A backbone shaped like the zoo's (TinyViT, or the text zoo's encoder), holding ``state_dict``."""
+    return zoo.backbone_from_state_dict(state_dict, device)
 
 
 def _limit(split: tuple[torch.Tensor, torch.Tensor], limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +30,9 @@ def _limit(split: tuple[torch.Tensor, torch.Tensor], limit: int | None) -> tuple
 def evaluate_model(
     model: torch.nn.Module, zoo: Zoo, tasks: Iterable[str] | str, split: str = "test", device: str = "cpu",
     feature_transforms: dict[str, FeatureTransform] | None = None, limit: int | None = None,
+    heads: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, float]:
-    """Per-task accuracy in [0, 1] of an already built backbone module."""
+    """Per-task accuracy in [0, 1] of an already built backbone module (through ``heads[task]``, default the zoo's)."""
     names = resolve_tasks(tasks if isinstance(tasks, str) else list(tasks))
     transforms = feature_transforms or {}
     unknown = sorted(set(transforms) - set(names))
@@ -44,7 +42,8 @@ def evaluate_model(
     out = {}
     for task in names:
         data = _limit(zoo.task_data(task).split(split), limit)
-        out[task] = head_accuracy(model, zoo.head(task), data, device=device, feature_transform=transforms.get(task))
+        head = heads[task] if heads is not None else zoo.head(task)
+        out[task] = head_accuracy(model, head, data, device=device, feature_transform=transforms.get(task))
     return out
 
 

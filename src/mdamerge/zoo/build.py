@@ -46,6 +46,24 @@ def default_zoo_dir() -> Path:
     return default_cache_dir() / "zoo"
 
 
+def zoo_for_tasks(tasks_or_suite: str | Iterable[str], root: str | Path | None = None,
+                  cache: str | Path | None = None) -> "Zoo":
+    """The zoo that holds these tasks: the vision :class:`Zoo` or the text zoo (``textzoo``).
+
+    ``root`` is the zoo folder itself; otherwise ``cache`` (default :func:`default_cache_dir`)
+    plus the zoo's own subfolder (``zoo`` or ``textzoo``).
+    """
+    from .tasks import task_family
+
+    names = resolve_tasks(_as_names(tasks_or_suite))
+    cls = Zoo
+    if task_family(names) == "text":
+        from ..textzoo.build import TextZoo as cls
+    if root is None:
+        root = (Path(cache).expanduser() if cache else default_cache_dir()) / cls.SUBDIR
+    return cls(root)
+
+
 @dataclass
 class ZooSettings:
     """Everything that determines the zoo's models; stored in ``zoo.json`` and checked on reuse."""
@@ -104,17 +122,20 @@ class Zoo:
     models trained under different recipes would make the benchmark meaningless.
     """
 
+    SETTINGS = ZooSettings  # subclasses (the text zoo) bring their own settings and default folder
+    SUBDIR = "zoo"
+
     def __init__(self, root: str | Path | None = None, settings: ZooSettings | None = None):
-        self.root = Path(root).expanduser() if root is not None else default_zoo_dir()
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir() / self.SUBDIR
         self._state = self._read_state()
-        stored = ZooSettings.from_dict(self._state["settings"]) if self._state else None
+        stored = self.SETTINGS.from_dict(self._state["settings"]) if self._state else None
         if settings is not None and stored is not None and settings.to_dict() != stored.to_dict():
             diff = _diff(stored.to_dict(), settings.to_dict())
             raise ConfigError(
                 f"zoo at {self.root} was built with other settings ({'; '.join(diff[:3])}); "
                 "use another cache folder or delete it"
             )
-        self.settings = settings or stored or ZooSettings()
+        self.settings = settings or stored or self.SETTINGS()
         self._heads: dict[str, nn.Linear] = {}
 
     # -- paths ---------------------------------------------------------------------
@@ -208,9 +229,19 @@ class Zoo:
             self._heads[task] = head.requires_grad_(False).eval()
         return self._heads[task]
 
+    def probe_head(self, task: str) -> nn.Linear:
+        """The head the pretrained reference row is evaluated with (here: the task head itself, a probe)."""
+        return self.head(task)
+
     def load_backbone(self, folder: str | Path | None = None) -> TinyViT:
         """A backbone from a Hugging Face folder (default: the pretrained one)."""
         return TinyViT.from_pretrained(folder or self.base_dir)
+
+    def backbone_from_state_dict(self, state_dict: dict[str, torch.Tensor], device: str = "cpu") -> TinyViT:
+        """A backbone shaped like the zoo's, holding ``state_dict`` (e.g. a merge), in eval mode."""
+        model = TinyViT(self.settings.model)
+        model.load_backbone_state(state_dict)
+        return model.to(device).eval()
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """Pretrained weights, read through :class:`~mdamerge.io.checkpoint.Checkpoint`."""

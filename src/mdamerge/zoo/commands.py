@@ -8,13 +8,17 @@ import click
 
 from ..evaluation.tables import pct
 from ..interrupts import interruptible
-from .build import Zoo, default_cache_dir
+from .build import Zoo, default_cache_dir, zoo_for_tasks
 from .tasks import SUITES, TASKS, resolve_tasks
 
-CACHE_HELP = "Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo."
+CACHE_HELP = ("Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo, "
+              "the text zoo in CACHE/textzoo.")
 
 
-def zoo_from_cache(cache: str | None) -> Zoo:
+def zoo_from_cache(cache: str | None, tasks: list[str] | None = None) -> Zoo:
+    """The zoo under ``cache`` that holds ``tasks`` (the vision zoo when no tasks are given)."""
+    if tasks:
+        return zoo_for_tasks(tasks, cache=cache)
     root = (Path(cache).expanduser() if cache else default_cache_dir()) / "zoo"
     return Zoo(root)
 
@@ -43,10 +47,10 @@ def build_cmd(suite, tasks, cache, device, threads, quiet):
     from ..io.writer import check_output_location, check_results_folder
     from .tasks import fashion_dir
 
-    zoo = zoo_from_cache(cache)
+    names = task_selection(suite, tasks)
+    zoo = zoo_from_cache(cache, names)
     check_output_location(zoo.root, [fashion_dir()])  # the only input read from disk
     check_results_folder(zoo.root, [])  # a path through a file: one line before any work
-    names = task_selection(suite, tasks)
     missing = zoo.missing(names)
     click.echo(f"zoo: {zoo.root} ({len(names) - len(missing)}/{len(names)} tasks already built)")
     start = time.perf_counter()
@@ -60,9 +64,11 @@ def build_cmd(suite, tasks, cache, device, threads, quiet):
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
 def list_cmd(cache):
     """Show the tasks, which are built, and their recorded accuracies."""
-    zoo = zoo_from_cache(cache)
-    click.echo(f"zoo: {zoo.root}")
-    _print_status(zoo, list(TASKS))
+    for family in dict.fromkeys(spec.family for spec in TASKS.values()):
+        names = [t for t, spec in TASKS.items() if spec.family == family]
+        zoo = zoo_from_cache(cache, names)
+        click.echo(f"zoo: {zoo.root}")
+        _print_status(zoo, names)
     click.echo("suites: " + "; ".join(f"{k} = {len(v)} tasks" for k, v in SUITES.items()))
 
 

