@@ -224,8 +224,9 @@ def test_roots_from_the_environment_and_bench_delegation(clip_zoo, tmp_path, mon
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "| task_arithmetic |" in result.output and (tmp_path / "out" / "results.json").is_file()
-    result = CliRunner().invoke(main, ["bench", "--recipe", "clip-vit-b32-tasks8", "--methods", "data-based"])
-    assert result.exit_code == 2 and "error: the CLIP recipes run data-free methods" in result.output
+    result = CliRunner().invoke(main, ["bench", "--recipe", "clip-vit-b32-tasks8", "--methods", "adamerging_tsak"])
+    assert result.exit_code == 2 and "error: unknown method 'adamerging_tsak'" in result.output
+    assert "did you mean 'adamerging_task'" in result.output
 
 
 def test_missing_models_and_datasets_are_each_named_with_where_they_were_looked_for(clip_zoo, tmp_path):
@@ -298,3 +299,41 @@ def test_bad_method_and_task_names(clip_zoo):
         run_recipe("clip-vit-b32-tasks8", "mda", model_root=models, data_root=data, tasks=["mnst"], progress=False)
     with pytest.raises(ConfigError, match="parameters given for method 'tsv', which is not being run"):
         run_recipe("clip-vit-b32-tasks8", "mda", model_root=models, data_root=data, method_params={"tsv": {}}, progress=False)
+
+
+def test_data_based_methods_run_on_the_recipe_with_zero_shot_heads(clip_zoo, tmp_path):
+    """AdaMerging and data-based MDA on the CLIP recipe: the same adaptation code as on the zoos."""
+    from mdamerge.adaptation.output import TRANSFORMS_NAME, load_feature_transforms
+
+    _, models, data = clip_zoo
+    tasks = ["eurosat", "svhn", "mnist"]  # 10 classes each: a simplex ETF fits in the tiny 16-dim embedding
+    result = run_recipe("clip-vit-b32-tasks8", "task_arithmetic,adamerging_task,mda_am", out_dir=tmp_path / "out",
+                        model_root=models, data_root=data, tasks=tasks, batch_size=4, progress=False,
+                        method_params={"adamerging_task": {"steps": 0},
+                                       "mda_am": {"steps": 2, "batch_size": 3, "init_samples": 6}})
+    assert list(result.rows) == ["pretrained", "finetuned", "task_arithmetic", "adamerging_task", "mda_am"]
+    # task-wise AdaMerging before any step holds its initial coefficients, 0.3 per task: task arithmetic's default
+    assert result.rows["adamerging_task"] == result.rows["task_arithmetic"]
+    assert result.parameters["mda_am"] == {"steps": 2, "batch_size": 3, "init_samples": 6}
+    # the saved vision tower + rotations, re-evaluated independently, give the reported accuracies
+    folder = tmp_path / "out" / "mda_am"
+    assert (folder / TRANSFORMS_NAME).is_file()
+    rotations = load_feature_transforms(folder)
+    assert set(rotations) == set(tasks)
+    vision = vision_sd(folder)
+    for task in tasks:
+        files = sorted((data / task / "test").glob("*/*.png"))
+        labels = [int(f.parent.name) for f in files]
+        preds = predict_rotated(models / BASE, vision, task, [Image.open(f) for f in files], rotations[task])
+        assert result.rows["mda_am"][task] == pytest.approx(sum(p == y for p, y in zip(preds, labels)) / len(labels))
+
+
+@torch.no_grad()
+def predict_rotated(base_dir: Path, vision: dict[str, torch.Tensor], task: str, images, rotation) -> list[int]:
+    """Like :func:`predict`, with the task's feature rotation applied to the normalised image embedding."""
+    predict(base_dir, vision, task, images[:1])  # fills the head cache
+    model = transformers.CLIPModel.from_pretrained(base_dir).eval()
+    model.vision_model.load_state_dict({k[len("vision_model."):]: v for k, v in vision.items()}, strict=False)
+    processor = transformers.CLIPProcessor.from_pretrained(base_dir)
+    embeds = model(**processor(text=["x"], images=[im.convert("RGB") for im in images], return_tensors="pt")).image_embeds
+    return (rotation(embeds) @ _HEADS[(str(base_dir), task)].T).argmax(-1).tolist()

@@ -112,7 +112,7 @@ def test_text8_tasks_are_balanced_disjoint_and_labelled_in_range():
     for name, task in splits.items():
         spec = T.TEXT_TASKS[name]
         sizes = {s: len(v) for s, v in task.items()}
-        assert sizes == {"train": 1600, "val": 160, "test": 320}, name
+        assert sizes == {"train": 1280, "val": 160, "test": 320}, name
         for split, examples in task.items():
             assert all(len(texts) == (2 if spec.pair else 1) for texts, _ in examples), name
             counts = T.class_counts(examples, len(spec.class_names))

@@ -47,19 +47,32 @@ def problem_from_zoo(zoo, tasks: str | Sequence[str], split: str = "test", max_u
 
 def _zoo_method(algorithm: Callable[..., AdaptiveResult], name: str, **fixed: Any):
     accepted = set(inspect.signature(algorithm).parameters) - {"problem", "device", "seed", *fixed}
+    solve = on_problem(algorithm, name, accepted, fixed)
 
     def run(zoo, tasks, device: str = "cpu", seed: int = 0, max_unlabeled: int | None = None, **kw: Any) -> AdaptiveResult:
         unknown = [k for k in kw if k not in accepted]
-        if unknown:
+        if unknown:  # before the (slow) problem is built
             raise MergeError(f"method '{name}' has no option '{unknown[0]}'" + closest_hint(unknown[0], accepted))
-        problem = problem_from_zoo(zoo, tasks, max_unlabeled=max_unlabeled)
-        result = algorithm(problem, device=device, seed=seed, **fixed, **kw)
-        result.info["method"] = name
-        return result
+        return solve(problem_from_zoo(zoo, tasks, max_unlabeled=max_unlabeled), device=device, seed=seed, **kw)
 
     run.__name__ = name
     run.__doc__ = f"{algorithm.__name__}({', '.join(f'{k}={v!r}' for k, v in fixed.items())}) on a zoo."
     run.options = sorted(accepted)
+    run.on_problem = solve  # the same algorithm on any AdaptationProblem (e.g. the CLIP recipes')
+    return run
+
+
+def on_problem(algorithm: Callable[..., AdaptiveResult], name: str, accepted: set[str], fixed: dict[str, Any]):
+    """``run(problem, device, seed, **kw)``: the registered method on a problem not built from a zoo (e.g. CLIP)."""
+
+    def run(problem: AdaptationProblem, device: str = "cpu", seed: int = 0, **kw: Any) -> AdaptiveResult:
+        unknown = [k for k in kw if k not in accepted]
+        if unknown:
+            raise MergeError(f"method '{name}' has no option '{unknown[0]}'" + closest_hint(unknown[0], accepted))
+        result = algorithm(problem, device=device, seed=seed, **fixed, **kw)
+        result.info["method"] = name
+        return result
+
     return run
 
 

@@ -215,17 +215,73 @@ class ZeroShotEvaluator:
             raise MergeError(f"vision tower does not fit the CLIP model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
     @torch.no_grad()
-    def predictions(self, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(predicted, true)`` labels of the loaded image encoder on ``dataset``."""
+    def predictions(self, dataset: ImageDataset, transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predicted, true)`` labels of the loaded image encoder on ``dataset``.
+
+        ``transform`` maps the normalised image embeddings before the head (data-based MDA's rotations).
+        """
         head = self.head(dataset.task)
         preds, trues = [], []
         for pixels, labels in _batches(dataset, self.processor, self.batch_size, self.threads):
             pooled = self.model.vision_model(pixel_values=pixels.to(self.device)).pooler_output
             emb = torch.nn.functional.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+            if transform is not None:
+                emb = transform(emb)
             preds.append((emb @ head.T).argmax(-1).cpu())
             trues.append(labels)
         return torch.cat(preds), torch.cat(trues)
 
-    def accuracy(self, dataset: ImageDataset) -> float:
-        pred, true = self.predictions(dataset)
+    def accuracy(self, dataset: ImageDataset, transform=None) -> float:
+        pred, true = self.predictions(dataset, transform)
         return float((pred == true).float().mean())
+
+    @torch.no_grad()
+    def pixels(self, dataset: ImageDataset, limit: int | None = None) -> torch.Tensor:
+        """Preprocessed images of ``dataset`` (the first ``limit``), as one CPU tensor: unlabeled inputs."""
+        if limit is not None and len(dataset) > limit:
+            dataset = dataset.subset(list(range(limit)))
+        return torch.cat([p for p, _ in _batches(dataset, self.processor, self.batch_size, self.threads)])
+
+
+class CLIPImageFeatures(torch.nn.Module):
+    """CLIP's image embedding as a module, ``pixels -> normalised visual_projection(pooled)``.
+
+    Its parameters are the vision tower's, named ``vision_model.*`` like the recipes' state
+    dicts; the projection (never fine-tuned in the public checkpoints) is a buffer, so
+    data-based merging learns coefficients for the vision tower only.
+    """
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.vision_model = clip_model.vision_model
+        self.register_buffer("projection", clip_model.visual_projection.weight.detach().clone())
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return torch.nn.functional.normalize(pooled @ self.projection.T.to(pooled.dtype), dim=-1).float()
+
+
+def zero_shot_linear(evaluator: ZeroShotEvaluator, task: str) -> torch.nn.Linear:
+    """The task's zero-shot head as a linear layer with CLIP's logit scale (the logits entropy-based methods see)."""
+    head = evaluator.head(task).float().cpu()
+    linear = torch.nn.Linear(head.shape[1], head.shape[0], bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(evaluator.model.logit_scale.exp().float().cpu() * head)
+    return linear.requires_grad_(False).eval()
+
+
+def adaptation_problem(evaluator: ZeroShotEvaluator, finetuned: dict[str, str | Path], datasets: dict[str, ImageDataset],
+                       unlabeled_per_task: int | None = None):
+    """AdaMerging / MDA inputs from a recipe: vision towers, zero-shot heads, unlabeled test images."""
+    from ..adaptation.problem import AdaptationProblem
+
+    module = CLIPImageFeatures(evaluator.model)  # shares the evaluator's vision tower (no copy)
+    projection = module.projection.cpu()
+    base = {k: v.cpu() for k, v in evaluator.pretrained_vision.items()}
+    base["projection"] = projection
+    tuned = {}
+    for task, path in finetuned.items():
+        tuned[task] = {**vision_state(path), "projection": projection}
+    heads = {t: zero_shot_linear(evaluator, t) for t in finetuned}
+    unlabeled = {t: evaluator.pixels(datasets[t], unlabeled_per_task) for t in finetuned}
+    return AdaptationProblem(module, base, tuned, heads, unlabeled)

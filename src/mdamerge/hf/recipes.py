@@ -59,20 +59,33 @@ def get_recipe(name: str) -> Recipe:
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
-    """Method names from a list or a comma-separated string; ``data-free`` expands to the 8 data-free methods."""
-    from ..methods import get_method
+    """Method names from a list or a comma-separated string.
 
+    ``data-free`` expands to the 8 data-free methods, ``data-based`` to the data-based ones
+    (AdaMerging task-/layer-wise, MDA feature alignment and its variants), ``all`` to both.
+    """
+    from ..evaluation.bench import _distinct_adaptive, adaptive_methods
+    from ..methods import available_methods
+
+    adaptive = adaptive_methods()
+    based = _distinct_adaptive(adaptive)
+    groups = {"data-free": list(DATA_FREE), "data-based": based, "all": [*DATA_FREE, *based]}
     items = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
     names: list[str] = []
     for item in items:
-        if item == "data-based":
-            raise ConfigError("the CLIP recipes run data-free methods (merging needs no data here); "
-                              "use 'data-free' or a list of: " + ", ".join(DATA_FREE))
-        for name in (DATA_FREE if item in ("data-free", "all") else (item,)):
-            get_method(name)  # unknown names: ConfigError with a suggestion
+        for name in groups.get(item, (item,)):
+            if name not in available_methods() and name not in adaptive:
+                known = [*available_methods(), *adaptive, *groups]
+                raise ConfigError(f"unknown method '{name}'" + closest_hint(name, known) + f"; available: {', '.join(known)}")
             if name not in names:
                 names.append(name)
     return names
+
+
+def is_data_based(method: str) -> bool:
+    from ..evaluation.bench import adaptive_methods
+
+    return method in adaptive_methods()
 
 
 # -- finding the inputs -------------------------------------------------------------
@@ -198,6 +211,7 @@ def run_recipe(
     cache_dir: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    unlabeled_per_task: int | None = 512,
 ) -> RecipeResult:
     """Run a CLIP recipe: merge the fine-tuned vision towers with each method and evaluate.
 
@@ -212,6 +226,11 @@ def run_recipe(
     and where it was looked for. With ``out_dir``, each merged vision tower is saved as
     ``out_dir/<method>/`` (a ``CLIPVisionModel`` folder) and the table as
     ``out_dir/results.json`` and ``results.md``.
+
+    Data-based methods (``adamerging``, ``mda_feature``, ...; options through ``method_params``,
+    defaults FusionBench's 1000 steps) learn on the first ``unlabeled_per_task`` images of each
+    evaluated test split, labels unread, through the zero-shot heads with CLIP's logit scale;
+    data-based MDA's per-task feature rotations are applied before each task's head.
     """
     from .clip import ZeroShotEvaluator, merge_vision_towers, vision_state
 
@@ -252,16 +271,34 @@ def run_recipe(
         seconds["baselines"] = time.perf_counter() - start
     finetuned_paths = [inputs.finetuned[t] for t in task_list]
     parameters = {}
+    problem = None
     for method in method_names:
         start = time.perf_counter()
-        merged = merge_vision_towers(inputs.base, finetuned_paths, method, parameters=method_params.get(method),
-                                     seed=seed, device=device, workers=workers, executor=executor, progress=progress)
-        evaluator.load_vision(merged)
-        rows[method] = evaluate_all(method)
+        transforms_to_save: dict[str, torch.Tensor] = {}
+        if is_data_based(method):
+            if problem is None:  # built once, shared by every data-based method
+                from .clip import adaptation_problem
+
+                problem = adaptation_problem(evaluator, {t: inputs.finetuned[t] for t in task_list}, splits,
+                                             unlabeled_per_task)
+            adapted = _run_data_based(method, problem, method_params.get(method), device, seed, progress)
+            evaluator.load_vision(adapted.state_dict)
+            transforms = adapted.feature_transforms or {}
+            rows[method] = {t: evaluator.accuracy(splits[t], transforms.get(t))
+                            for t in _progress(task_list, progress, f"eval {method}")}
+            parameters[method] = dict(method_params.get(method) or {})
+            from ..adaptation.output import transform_tensors
+
+            transforms_to_save = transform_tensors(adapted)
+        else:
+            merged = merge_vision_towers(inputs.base, finetuned_paths, method, parameters=method_params.get(method),
+                                         seed=seed, device=device, workers=workers, executor=executor, progress=progress)
+            evaluator.load_vision(merged)
+            rows[method] = evaluate_all(method)
+            parameters[method] = _explicit_params(method, method_params.get(method))
         seconds[method] = time.perf_counter() - start
-        parameters[method] = _explicit_params(method, method_params.get(method))
         if out_dir is not None:
-            _save_vision_tower(evaluator, Path(out_dir) / method)
+            _save_vision_tower(evaluator, Path(out_dir) / method, transforms_to_save)
     result = RecipeResult(name, task_list, rows, parameters, seconds, {t: len(splits[t]) for t in task_list})
     if out_dir is not None:
         from ..io.writer import write_result_files
@@ -271,6 +308,13 @@ def run_recipe(
     return result
 
 
+def _run_data_based(method: str, problem, params: dict | None, device: str, seed: int, progress: bool):
+    from ..evaluation.bench import adaptive_methods
+
+    options = {"progress": progress, **(params or {})}
+    return adaptive_methods()[method].on_problem(problem, device=device, seed=seed, **options)
+
+
 def _explicit_params(method: str, given: dict | None) -> dict[str, Any]:
     from ..config import ParameterResolver
     from ..methods import get_method
@@ -278,10 +322,13 @@ def _explicit_params(method: str, given: dict | None) -> dict[str, Any]:
     return ParameterResolver(get_method(method), given or {}).explicit()
 
 
-def _save_vision_tower(evaluator, folder: Path) -> None:
-    """The loaded image encoder as a ``CLIPVisionModel`` folder (written atomically)."""
+def _save_vision_tower(evaluator, folder: Path, transforms: dict[str, torch.Tensor] | None = None) -> None:
+    """The loaded image encoder as a ``CLIPVisionModel`` folder (written atomically), with the
+    per-task feature rotations of data-based MDA where ``mdamerge analyze`` / ``adapt`` look for them."""
+    from safetensors.torch import save_file
     from transformers import CLIPVisionModel
 
+    from ..adaptation.output import TRANSFORMS_NAME
     from ..io.writer import OutputFolder
 
     vision = CLIPVisionModel(evaluator.model.config.vision_config)
@@ -290,6 +337,9 @@ def _save_vision_tower(evaluator, folder: Path) -> None:
     with OutputFolder(folder, overwrite=True) as tmp:
         vision.save_pretrained(tmp)
         evaluator.processor.save_pretrained(tmp)
+        if transforms:
+            (tmp / TRANSFORMS_NAME).parent.mkdir()
+            save_file(transforms, str(tmp / TRANSFORMS_NAME), metadata={"format": "pt", "convention": "f -> R f"})
 
 
 def _progress(items, enabled: bool, desc: str):

@@ -47,12 +47,12 @@ class TextZooSettings:
 
     encoder: str = "all-MiniLM-L6-v2"
     max_length: int = 32  # tokens per example (pairs: both segments together)
-    train_size: int = 1600
+    train_size: int = 1280
     val_size: int = 160
     test_size: int = 320
-    # Sized for <= 30 min on a shared 2-core CPU: one pass over the 1600 training examples.
+    # Sized for <= 30 min on a shared 2-core CPU: one pass over the 1280 training examples.
     finetune: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=100, batch_size=16, lr=1e-4, weight_decay=0.01, warmup=0.1)
+        default_factory=lambda: TrainSettings(steps=80, batch_size=16, lr=3e-4, weight_decay=0.01, warmup=0.1)
     )
     probe_steps: int = 300
     data_seed: int = 0

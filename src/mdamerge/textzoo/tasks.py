@@ -48,7 +48,7 @@ SPLIT_SHARES = (("test", 0.2), ("val", 0.1), ("train", 0.7))
 class TextSizes:
     """Examples per split and task (class-balanced as far as the pools allow)."""
 
-    train: int = 1600
+    train: int = 1280
     val: int = 160
     test: int = 320
 

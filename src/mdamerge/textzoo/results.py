@@ -1,0 +1,242 @@
+"""Regenerate ``docs/results_text.md``: the text benchmark on all-MiniLM-L6-v2 (``make results`` runs it).
+
+Builds the text zoo (timed, with the machine's load), runs every method (data-free with
+validation-chosen settings, then the data-based ones), and writes the table, the share of
+the pretrained-to-fine-tuned gap each method recovers, the task list with class balance,
+and a comparison with the vision zoo's ``tasks8`` (from ``docs/results.json`` and the
+vision zoo's checkpoints when they are built). ``docs/results.md`` embeds the page.
+
+    python -m mdamerge.textzoo.results [--suite text8] [--methods all] [--render-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..evaluation.bench import BenchResult, run_bench
+from ..evaluation.tables import chosen_params_table, display_name, markdown_table, pct
+from ..zoo.build import Zoo, default_cache_dir
+from ..zoo.tasks import SUITES
+from .build import TextZoo
+from .tasks import TEXT_TASKS
+
+PAGE = "results_text.md"
+VISION_SUITE = "tasks8"
+COMMAND = "python -m mdamerge.textzoo.results --suite text8 --methods all"
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def gap_recovered(result: BenchResult, name: str) -> float:
+    """(method - pretrained) / (fine-tuned - pretrained), on the test averages."""
+    pre, ft = result.row("pretrained").average, result.finetuned.average
+    return (result.row(name).average - pre) / (ft - pre) if ft != pre else float("nan")
+
+
+def task_vector_cosines(zoo: Zoo, tasks: list[str]) -> dict[str, float]:
+    """Mean and max |cosine| between the flattened task vectors of every pair of tasks (all float tensors)."""
+    base = zoo.base_state_dict()
+    flat = []
+    for t in tasks:
+        ft = zoo.finetuned_state_dict(t)
+        flat.append(torch.cat([(ft[k].double() - v.double()).reshape(-1) for k, v in base.items() if v.is_floating_point()]))
+    stack = torch.stack(flat)
+    norms = stack.norm(dim=1)
+    cos = (stack @ stack.T) / torch.outer(norms, norms)
+    off = cos[~torch.eye(len(tasks), dtype=torch.bool)].abs()
+    rel = (norms / base_norm(base)).tolist()
+    return {"mean_abs_cos": float(off.mean()), "max_abs_cos": float(off.max()),
+            "relative_norm": sum(rel) / len(rel)}
+
+
+def base_norm(base: dict[str, torch.Tensor]) -> float:
+    return float(torch.cat([v.double().reshape(-1) for v in base.values() if v.is_floating_point()]).norm())
+
+
+def build_and_bench(suite: str, methods: str, zoo: TextZoo, device: str, val_limit: int | None, log) -> dict:
+    load_before = _load()
+    start = time.perf_counter()
+    timings = zoo.build(suite, progress=True, device=device, threads=1)
+    build = {"wall_seconds": round(time.perf_counter() - start, 1), "built": sorted(timings),
+             "load_before": load_before, "load_after": _load()}
+    log(f"[{suite}] text zoo ready ({len(timings)} new parts, {build['wall_seconds']} s); benchmarking ...")
+    start = time.perf_counter()
+    result = run_bench(suite, methods, zoo=zoo, out_dir=default_cache_dir() / "results", device=device,
+                       val_limit=val_limit, progress=False, log=log, threads=1)
+    return {"build": build, "bench_seconds": round(time.perf_counter() - start, 1), "bench_load_after": _load(),
+            "result": result.to_dict()}
+
+
+def vision_reference(docs: Path, cache: Path) -> dict:
+    """The vision zoo's tasks8 table (docs/results.json) and task-vector cosines (if its zoo is built)."""
+    out: dict = {}
+    saved = docs / "results.json"
+    if saved.is_file():
+        suites = json.loads(saved.read_text()).get("suites", {})
+        if VISION_SUITE in suites:
+            out["result"] = suites[VISION_SUITE]
+    zoo = Zoo(cache / "zoo")
+    if not zoo.missing(VISION_SUITE):
+        out["cosines"] = task_vector_cosines(zoo, SUITES[VISION_SUITE])
+    return out
+
+
+def task_table(zoo: TextZoo, tasks: list[str]) -> str:
+    lines = ["| Task | Kind | Classes | Description | Train / val / test | Test examples per class (min-max) "
+             "| Probe (test) | Fine-tuned (test) | Build s |",
+             "| --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+    for t in tasks:
+        spec, r = TEXT_TASKS[t], zoo.records[t]
+        bal = r["class_balance"]
+        sizes = " / ".join(str(sum(bal[s])) for s in ("train", "val", "test"))
+        lines.append(f"| {t} | {spec.kind} | {len(spec.class_names)} | {spec.description} | {sizes} | "
+                     f"{min(bal['test'])}-{max(bal['test'])} | {pct(r['pretrained']['test'])} | "
+                     f"{pct(r['finetuned']['test'])} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def gap_table(text: BenchResult, vision: BenchResult | None) -> str:
+    names = [r.name for r in text.rows if r.kind != "reference"]
+    lines = ["| Method | text8 Avg | text8 gap recovered | " + (f"{VISION_SUITE} Avg | {VISION_SUITE} gap recovered |" if vision else ""),
+             "| --- | ---: | ---: |" + (" ---: | ---: |" if vision else "")]
+    vnames = {r.name for r in vision.rows} if vision else set()
+    for n in names:
+        cells = [pct(text.row(n).average), pct(gap_recovered(text, n))]
+        if vision:
+            cells += [pct(vision.row(n).average), pct(gap_recovered(vision, n))] if n in vnames else ["-", "-"]
+        lines.append(f"| {display_name(n)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison(text: BenchResult, vision: BenchResult | None, cos_text: dict, cos_vision: dict | None) -> str:
+    """Generated sentences: interference (task-vector cosines) and how far apart the methods land."""
+    def spread(res: BenchResult, kind: str) -> tuple[float, str, str]:
+        rows = [r for r in res.rows if r.kind == kind]
+        best, worst = max(rows, key=lambda r: r.average), min(rows, key=lambda r: r.average)
+        return 100 * (best.average - worst.average), best.name, worst.name
+
+    out = []
+    gap_t = 100 * (text.finetuned.average - text.row("pretrained").average)
+    s_t, b_t, w_t = spread(text, "data-free")
+    line = (f"- Fine-tuning gains {gap_t:.1f} points over the probe on text8. Data-free methods span {s_t:.1f} points "
+            f"(best {display_name(b_t)}, {pct(gap_recovered(text, b_t), 0)}% of the gap; worst {display_name(w_t)}, "
+            f"{pct(gap_recovered(text, w_t), 0)}%).")
+    if vision is not None:
+        gap_v = 100 * (vision.finetuned.average - vision.row("pretrained").average)
+        s_v, b_v, w_v = spread(vision, "data-free")
+        line += (f" On the vision zoo's {VISION_SUITE} the gap is {gap_v:.1f} points and the data-free methods span "
+                 f"{s_v:.1f} points (best {display_name(b_v)}, {pct(gap_recovered(vision, b_v), 0)}% of the gap).")
+    out.append(line)
+    line = (f"- Task vectors: mean |cosine| between two tasks' vectors {cos_text['mean_abs_cos']:.3f} "
+            f"(max {cos_text['max_abs_cos']:.3f}); a task vector's norm is {100 * cos_text['relative_norm']:.2f}% of the "
+            "pretrained weights' norm on text8")
+    if cos_vision:
+        line += (f", against {cos_vision['mean_abs_cos']:.3f} (max {cos_vision['max_abs_cos']:.3f}) and "
+                 f"{100 * cos_vision['relative_norm']:.2f}% on the vision zoo's {VISION_SUITE}")
+    out.append(line + ".")
+    data_based = [r for r in text.rows if r.kind == "data-based"]
+    if data_based:
+        best = max(data_based, key=lambda r: r.average)
+        out.append(f"- Best data-based method on text8: {display_name(best.name)} ({pct(best.average)}%, "
+                   f"{pct(gap_recovered(text, best.name), 0)}% of the gap).")
+    return "\n".join(out) + "\n"
+
+
+def build_sentence(suite: str, build: dict, recorded: float) -> str:
+    text = (f"Build time of the {suite} zoo, the recorded per-part times summed: **{recorded:.0f} s** "
+            f"({recorded / 60:.1f} min, 1 torch thread; the first task includes reading the Debian sources). ")
+    if build["built"]:
+        text += (f"Wall time of the build in this run: {build['wall_seconds']:.0f} s (load average before / after: "
+                 f"{build['load_before']} / {build['load_after']}).")
+    else:
+        text += "The zoo was already built when this page was generated."
+    return text + "\n"
+
+
+def render(saved: dict, zoo: TextZoo, vision: dict) -> str:
+    result = BenchResult.from_dict(saved["result"])
+    vres = BenchResult.from_dict(vision["result"]) if "result" in vision else None
+    build, s = saved["build"], zoo.settings
+    ft = s.finetune
+    recorded = (zoo.pretrain_record.get("seconds") or 0) + sum(zoo.records[t]["seconds"] for t in result.tasks)
+    cos_text = saved.get("cosines") or task_vector_cosines(zoo, result.tasks)
+    parts = [
+        f"# Text benchmark: all-MiniLM-L6-v2 on {result.suite}\n",
+        f"Generated by `{COMMAND}` (part of `make results`); do not edit by hand.\n",
+        f"Run started {saved['started']}; torch {torch.__version__}, 1 torch thread, {os.cpu_count()} CPUs "
+        f"({platform.machine()}), shared with other jobs (load averages below).\n",
+        f"Encoder: {s.encoder} ({zoo.pretrain_record.get('num_parameters')} parameters), sentences cut to "
+        f"{s.max_length} tokens, features = attention-masked mean of the last hidden states. Per task (FusionBench's "
+        f"GLUE protocol): a linear probe is fitted on the frozen pretrained features ({s.probe_steps} full-batch Adam "
+        f"steps); then the whole encoder and a head initialised from the probe are fine-tuned together "
+        f"({ft.steps} steps, batch {ft.batch_size}, AdamW lr {ft.lr}, weight decay {ft.weight_decay}, "
+        f"{int(100 * ft.warmup)}% warm-up, cosine decay). The **Pretrained** row is the frozen encoder with the probes; "
+        "fine-tuned and merged encoders are evaluated with each task's own fine-tuned head.\n",
+        f"Data-based methods run {zoo.ADAPTIVE_DEFAULTS['steps']} steps of batch {zoo.ADAPTIVE_DEFAULTS['batch_size']} "
+        f"per task (FusionBench: 1000 of 16; a CPU budget), MDA's rotation start on "
+        f"{zoo.ADAPTIVE_DEFAULTS['init_samples']} examples per task, on each task's unlabeled test texts.\n",
+        "## Zoo build\n",
+        build_sentence(result.suite, build, recorded),
+        task_table(zoo, result.tasks),
+        "\nSplits: a seeded hash of each normalised text puts it in train (70%), val (10%) or test (20%); a pair goes "
+        "where both its texts go (else it is dropped), so no test or validation text of any task occurs in any "
+        "task's training data; each split is then sampled class-balanced (round robin over the classes while they "
+        "last; only noun.Tops, noun.motive-sized classes and verb.weather run short).\n",
+        f"## Results ({len(result.tasks)} tasks, test accuracy %)\n",
+        f"Benchmark time {saved['bench_seconds'] / 60:.0f} min (load average after: {saved['bench_load_after']}). "
+        "**Avg** = mean over tasks; **Norm.** = mean of merged / fine-tuned accuracy.\n",
+        markdown_table(result),
+        "\nChosen on validation:\n",
+        chosen_params_table(result),
+        "\n## Share of the pretrained-to-fine-tuned gap recovered\n",
+        "(method avg - pretrained avg) / (fine-tuned avg - pretrained avg), test averages"
+        + (f"; the vision zoo's {VISION_SUITE} from [results.md](results.md) beside it.\n" if vres else ".\n"),
+        gap_table(result, vres),
+        "\n## Compared with the vision zoo\n",
+        comparison(result, vres, cos_text, vision.get("cosines")),
+    ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="text8")
+    parser.add_argument("--methods", default="all")
+    parser.add_argument("--cache", default=None, help="cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--val-limit", type=int, default=80, help="validation examples per task in the search (0: all)")
+    parser.add_argument("--out", default=f"docs/{PAGE}")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the page from its saved JSON")
+    args = parser.parse_args(argv)
+    cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+    zoo = TextZoo(cache / TextZoo.SUBDIR)
+    out = Path(args.out)
+    saved_path = out.with_suffix(".json")
+    if args.render_only:
+        saved = json.loads(saved_path.read_text())
+    else:
+        started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        saved = {"started": started, **build_and_bench(args.suite, args.methods, zoo, args.device,
+                                                          args.val_limit or None, log=print)}
+        saved["cosines"] = task_vector_cosines(zoo, saved["result"]["tasks"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        saved_path.write_text(json.dumps(saved, indent=1) + "\n")
+    out.write_text(render(saved, zoo, vision_reference(out.parent, cache)))
+    print(f"wrote {out} and {saved_path}")
+
+
+if __name__ == "__main__":
+    main()
