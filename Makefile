@@ -14,13 +14,21 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Fashion-MNIST ships as a Debian package; install it when missing and we may.
+# Fashion-MNIST ships as a Debian package, as do the text benchmark's sources (WordNet, fortunes
+# in 8 languages, the King James Bible); install them when missing and we may.
+TEXT_DATA := wordnet-base fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-cs fortunes-pl fortunes-eo bible-kjv bible-kjv-text
 data:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
 	      && echo "installed dataset-fashion-mnist"; \
 	  else echo "warning: /usr/share/datasets/fashion-mnist missing; run: sudo apt-get install dataset-fashion-mnist" >&2; fi; \
+	fi
+	@if ! dpkg -s $(TEXT_DATA) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq $(TEXT_DATA) >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq $(TEXT_DATA) >/dev/null)) \
+	      && echo "installed the text benchmark's Debian packages"; \
+	  else echo "warning: text benchmark data missing; run: sudo apt-get install $(TEXT_DATA)" >&2; fi; \
 	fi
 
 test: venv data
@@ -30,6 +38,7 @@ demo: venv data
 	$(VENV)/bin/mdamerge bench --suite tasks8 --methods data-free
 
 results: venv data
+	$(PY) -m mdamerge.textzoo.results
 	$(PY) -m mdamerge.evaluation.results
 
 clean:

@@ -230,8 +230,8 @@ def test_text_bench_runs_data_free_and_data_based_methods_with_probe_reference(t
         assert res.row("pretrained").accuracies[task] == pytest.approx(text_zoo.pretrained_accuracy(task))
         assert res.row("fine-tuned").accuracies[task] == pytest.approx(text_zoo.individual_accuracy(task))
     # the zoo's CPU budget reaches the data-based methods, the caller's options win over it
-    assert res.row("adamerging_task").params == {"steps": 2, "batch_size": 8}
-    assert res.row("mda_am").params == {"steps": 2, "batch_size": 8, "init_samples": 128}
+    assert res.row("adamerging_task").params == {"steps": 2, "batch_size": 8, "lr": 5e-3}
+    assert res.row("mda_am").params == {"steps": 2, "batch_size": 8, "lr": 5e-3, "init_samples": 128}
     assert json.loads((tmp_path / f"bench-{SUITE}.json").read_text())["suite"] == SUITE
 
 
@@ -268,3 +268,37 @@ def test_unknown_text_encoder_is_one_clear_error():
 
     with pytest.raises(ConfigError, match="unknown text encoder 'bert-huge'"):
         TextZooSettings(encoder="bert-huge")
+
+
+@pytest.mark.slow
+def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, tmp_path):
+    from mdamerge.evaluation.bench import BenchResult
+    from mdamerge.textzoo import results as R
+
+    out = tmp_path / "docs" / "results_text.md"
+    R.main(["--suite", SUITE, "--methods", "task_arithmetic,adamerging_task", "--cache", str(text_cache),
+            "--out", str(out), "--jobs", "1", "--val-limit", "16"])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    res = BenchResult.from_dict(saved["result"])
+    assert [r.name for r in res.rows] == ["pretrained", "fine-tuned", "task_arithmetic", "adamerging_task"]
+    page = out.read_text()
+    pre, ft, ta = (res.row(n).average for n in ("pretrained", "fine-tuned", "task_arithmetic"))
+    assert f"| Task arithmetic | {100 * ta:.1f} | {100 * (ta - pre) / (ft - pre):.1f} |" in page
+    assert "The zoo was already built" in page and "fortune_topic" in page
+    cos = saved["cosines"]
+    assert 0 <= cos["mean_abs_cos"] <= cos["max_abs_cos"] <= 1
+    # rendering again from the JSON gives the same page
+    R.main(["--suite", SUITE, "--cache", str(text_cache), "--out", str(out), "--render-only"])
+    assert out.read_text() == page
+
+
+def test_join_results_keeps_one_set_of_reference_rows():
+    from mdamerge.evaluation.bench import BenchResult, Row
+    from mdamerge.textzoo.results import join_results
+
+    ref = [Row("pretrained", "reference", {"a": 0.5}), Row("fine-tuned", "reference", {"a": 0.9})]
+    one = BenchResult("s", ["a"], [*ref, Row("tsv", "data-free", {"a": 0.7})], {"seconds": 1})
+    two = BenchResult("s", ["a"], [*ref, Row("adamerging", "data-based", {"a": 0.8})], {"seconds": 2})
+    joined = join_results([one, two])
+    assert [r.name for r in joined.rows] == ["pretrained", "fine-tuned", "tsv", "adamerging"]
+    assert joined.meta["seconds"] == [1, 2]

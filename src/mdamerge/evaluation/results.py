@@ -170,6 +170,19 @@ def paper_experiments_section(page: Path) -> str:
     return intro + "\n".join(out) + "\n"
 
 
+TEXT_PAGE = "results_text.md"
+
+
+def text_section(text_page: Path) -> str:
+    """The text benchmark's page (``python -m mdamerge.textzoo.results``, run first by ``make results``), embedded."""
+    intro = (f"\n## Text benchmark: all-MiniLM-L6-v2 on 8 offline text tasks\n\n"
+             f"Copied from [{TEXT_PAGE}]({TEXT_PAGE}), which `python -m mdamerge.textzoo.results` regenerates.\n")
+    if not text_page.is_file():
+        return intro + f"\n_Not generated yet: {text_page} is missing._\n"
+    lines = text_page.read_text().splitlines()
+    return intro + "\n".join(("#" + line if line.startswith("#") else line) for line in lines[1:]) + "\n"
+
+
 def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float,
            adaptive_page: Path | None = None) -> str:
     s = zoo.settings
@@ -204,6 +217,7 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
     if adaptive_page is not None:
         parts.append(data_based_section(adaptive_page))
         parts.append(paper_experiments_section(adaptive_page.parent / PAPER_PAGE))
+        parts.append(text_section(adaptive_page.parent / TEXT_PAGE))
     return "\n".join(parts)
 
 

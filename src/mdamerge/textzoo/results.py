@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.bench import BenchResult, run_bench
+from ..evaluation.bench import BenchResult, adaptive_methods, resolve_methods, run_bench
 from ..evaluation.tables import chosen_params_table, display_name, markdown_table, pct
 from ..zoo.build import Zoo, default_cache_dir
 from ..zoo.tasks import SUITES
@@ -66,7 +66,10 @@ def base_norm(base: dict[str, torch.Tensor]) -> float:
     return float(torch.cat([v.double().reshape(-1) for v in base.values() if v.is_floating_point()]).norm())
 
 
-def build_and_bench(suite: str, methods: str, zoo: TextZoo, device: str, val_limit: int | None, log) -> dict:
+def build_and_bench(suite: str, methods: str, zoo: TextZoo, device: str, val_limit: int | None, log,
+                    jobs: int = 1) -> dict:
+    """Build the zoo (timed), then benchmark; ``jobs=2`` runs the data-free and the data-based
+    methods in two processes (one torch thread each) and joins their rows."""
     load_before = _load()
     start = time.perf_counter()
     timings = zoo.build(suite, progress=True, device=device, threads=1)
@@ -74,10 +77,40 @@ def build_and_bench(suite: str, methods: str, zoo: TextZoo, device: str, val_lim
              "load_before": load_before, "load_after": _load()}
     log(f"[{suite}] text zoo ready ({len(timings)} new parts, {build['wall_seconds']} s); benchmarking ...")
     start = time.perf_counter()
-    result = run_bench(suite, methods, zoo=zoo, out_dir=default_cache_dir() / "results", device=device,
-                       val_limit=val_limit, progress=False, log=log, threads=1)
+    names = resolve_methods(methods)
+    adaptive = adaptive_methods()
+    halves = [[m for m in names if m not in adaptive], [m for m in names if m in adaptive]]
+    halves = [h for h in halves if h]
+    args = [(suite, h, str(zoo.root), device, val_limit) for h in halves]
+    if jobs > 1 and len(halves) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(halves), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_bench_part, args))
+    else:
+        parts = [_bench_part(a) for a in args]
+    result = join_results([BenchResult.from_dict(p) for p in parts])
+    result.save(default_cache_dir() / "results")
     return {"build": build, "bench_seconds": round(time.perf_counter() - start, 1), "bench_load_after": _load(),
-            "result": result.to_dict()}
+            "jobs": jobs, "result": result.to_dict()}
+
+
+def _bench_part(args) -> dict:
+    suite, methods, root, device, val_limit = args
+    result = run_bench(suite, methods, zoo=TextZoo(root), device=device, val_limit=val_limit, progress=False,
+                       log=lambda m: print(m, flush=True), threads=1)
+    return result.to_dict()
+
+
+def join_results(parts: list[BenchResult]) -> BenchResult:
+    """One table from benchmarks of the same suite with disjoint methods (reference rows from the first)."""
+    first = parts[0]
+    rows = [r for r in first.rows if r.kind == "reference"]
+    rows += [r for p in parts for r in p.rows if r.kind != "reference"]
+    meta = dict(first.meta)
+    meta["seconds"] = [p.meta.get("seconds") for p in parts]
+    return BenchResult(first.suite, first.tasks, rows, meta)
 
 
 def vision_reference(docs: Path, cache: Path) -> dict:
@@ -196,7 +229,9 @@ def render(saved: dict, zoo: TextZoo, vision: dict) -> str:
         "task's training data; each split is then sampled class-balanced (round robin over the classes while they "
         "last; only noun.Tops, noun.motive-sized classes and verb.weather run short).\n",
         f"## Results ({len(result.tasks)} tasks, test accuracy %)\n",
-        f"Benchmark time {saved['bench_seconds'] / 60:.0f} min (load average after: {saved['bench_load_after']}). "
+        f"Benchmark time {saved['bench_seconds'] / 60:.0f} min in {saved.get('jobs', 1)} process(es) "
+        f"(load average after: {saved['bench_load_after']}); validation searches use the first "
+        f"{result.meta.get('val_limit') or 'all'} validation examples of each task. "
         "**Avg** = mean over tasks; **Norm.** = mean of merged / fine-tuned accuracy.\n",
         markdown_table(result),
         "\nChosen on validation:\n",
@@ -217,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="all")
     parser.add_argument("--cache", default=None, help="cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--val-limit", type=int, default=80, help="validation examples per task in the search (0: all)")
+    parser.add_argument("--val-limit", type=int, default=64, help="validation examples per task in the search (0: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="2: data-free and data-based methods in two processes")
     parser.add_argument("--out", default=f"docs/{PAGE}")
     parser.add_argument("--render-only", action="store_true", help="rewrite the page from its saved JSON")
     args = parser.parse_args(argv)
@@ -230,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         saved = {"started": started, **build_and_bench(args.suite, args.methods, zoo, args.device,
-                                                          args.val_limit or None, log=print)}
+                                                          args.val_limit or None, log=print, jobs=args.jobs)}
         saved["cosines"] = task_vector_cosines(zoo, saved["result"]["tasks"])
         out.parent.mkdir(parents=True, exist_ok=True)
         saved_path.write_text(json.dumps(saved, indent=1) + "\n")
