@@ -258,6 +258,10 @@ def test_text_suite_through_the_cli_build_merge_eval(text_cache, tmp_path):
 
     saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert saved["accuracies"] == pytest.approx(evaluate_folder(merged, zoo, tasks))
+    out = runner.invoke(main, ["analyze", "--suite", SUITE, "--zoo-root", str(zoo.root), "--merged", str(merged),
+                               "--out", str(tmp_path / "report")])
+    assert out.exit_code == 0, out.output
+    assert "mean Delta_ETF: pretrained" in out.output and (tmp_path / "report" / "report.html").is_file()
     out = runner.invoke(main, ["eval", str(merged), "--tasks", "fortune_topic,mnist", "--cache", str(text_cache)])
     assert out.exit_code == 2 and "mix text ('fortune_topic') and image ('mnist')" in out.output
 
