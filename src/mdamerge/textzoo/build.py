@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..io.writer import AtomicOutputDir
+from ..io.writer import OutputFolder, replace_file
 from ..zoo.build import Zoo, _progress_bar, _tick
 from ..zoo.finetune import TrainSettings, extract_features, fit_linear_head, head_accuracy, train_loop
 from ..zoo.tasks import TaskData, resolve_tasks
@@ -132,10 +131,8 @@ class TextZoo(Zoo):
             else:
                 splits = self._tokenize(task)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-                save_file({f"{s}.{k}": v.contiguous() for s, (x, y) in splits.items() for k, v in (("x", x), ("y", y))},
-                          str(tmp))
-                os.replace(tmp, path)
+                tensors = {f"{s}.{k}": v.contiguous() for s, (x, y) in splits.items() for k, v in (("x", x), ("y", y))}
+                replace_file(path, lambda p: save_file(tensors, str(p)), self.root)
             self._data[task] = TaskData(task, len(spec.class_names), spec.class_names, splits["train"], splits["val"],
                                         splits["test"], spec.description)
         return self._data[task]
@@ -177,7 +174,7 @@ class TextZoo(Zoo):
         return model.to(device).eval()
 
     # -- building ----------------------------------------------------------------------
-    def _build(self, tasks_or_suite, progress: bool, device: str) -> dict[str, float]:
+    def _build(self, tasks_or_suite, progress: bool, device: str, log=lambda _line: None) -> dict[str, float]:
         names = resolve_tasks(tasks_or_suite if isinstance(tasks_or_suite, str) else list(tasks_or_suite))
         not_text = [t for t in names if t not in TEXT_TASKS]
         if not_text:
@@ -187,14 +184,19 @@ class TextZoo(Zoo):
         if not self._state:
             self._save_state()
         if not self.has_base():
+            log(f"copying the pretrained encoder ({self.settings.encoder})")
             timings["pretrained"] = self._build_base()
         bar = _progress_bar(self.settings.finetune.steps * len(todo), progress)
         try:
             if todo:
                 base = self.load_backbone()
-                for task in todo:
+                for i, task in enumerate(todo, 1):
                     bar.set_description(f"fine-tuning {task}")
+                    log(f"fine-tuning {task} ({i}/{len(todo)}, {self.settings.finetune.steps} steps)")
                     timings[task] = self._build_task(task, base, bar, device)
+                    record = self.records[task]
+                    log(f"{task} done in {timings[task]:.0f} s (probe {record['pretrained']['test']:.3f}, "
+                        f"fine-tuned {record['finetuned']['test']:.3f} test accuracy)")
         finally:
             bar.close()
         return timings
@@ -210,7 +212,7 @@ class TextZoo(Zoo):
             model = tiny_random_encoder(len(tokenizer), tokenizer.pad_token_id, seed=self.settings.data_seed)
         else:
             model = load_encoder(source)
-        with AtomicOutputDir(self.base_dir, overwrite=True) as tmp:
+        with OutputFolder(self.base_dir, overwrite=True) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         seconds = time.perf_counter() - start
@@ -227,12 +229,12 @@ class TextZoo(Zoo):
         data = self.task_data(task)
         feats = {split: extract_features(base, data.split(split)[0], batch_size=256, device=device) for split in SPLITS}
         probe = fit_linear_head(feats["train"], data.train[1], data.num_classes, steps=s.probe_steps, seed=s.data_seed)
-        _save_linear(probe, self.probe_file(task))
+        _save_linear(probe, self.probe_file(task), self.root)
         self._probes[task] = probe
         model, head, loss = finetune_encoder(base, probe, data.train, s.finetune, device, lambda step, l: _tick(bar, l))
-        _save_linear(head, self.head_file(task))
+        _save_linear(head, self.head_file(task), self.root)
         self._heads[task] = head
-        with AtomicOutputDir(self.finetuned_dir(task), overwrite=True) as tmp:
+        with OutputFolder(self.finetuned_dir(task), overwrite=True) as tmp:
             model.save_pretrained(tmp)
         record = {
             "finetuned": {split: head_accuracy(model, head, data.split(split), batch_size=256, device=device)
@@ -271,11 +273,9 @@ def _probe_accuracy(head: nn.Linear, features: torch.Tensor, labels: torch.Tenso
         return int((head(features).argmax(1) == labels).sum()) / len(labels)  # as head_accuracy counts
 
 
-def _save_linear(head: nn.Linear, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.safetensors")
-    save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()}, str(tmp))
-    os.replace(tmp, path)
+def _save_linear(head: nn.Linear, path: Path, root: Path) -> None:
+    tensors = {"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()}
+    replace_file(path, lambda p: save_file(tensors, str(p)), root)
 
 
 def _load_linear(path: Path, task: str) -> nn.Linear:
