@@ -288,6 +288,7 @@ def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, t
     page = out.read_text()
     pre, ft, ta = (res.row(n).average for n in ("pretrained", "fine-tuned", "task_arithmetic"))
     assert f"| Task arithmetic | {100 * ta:.1f} | {100 * (ta - pre) / (ft - pre):.1f} |" in page
+    assert f"| Method | {SUITE} Avg | {SUITE} gap recovered |" in page
     assert "The zoo was already built" in page and "fortune_topic" in page
     cos = saved["cosines"]
     assert 0 <= cos["mean_abs_cos"] <= cos["max_abs_cos"] <= 1

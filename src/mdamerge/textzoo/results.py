@@ -143,7 +143,8 @@ def task_table(zoo: TextZoo, tasks: list[str]) -> str:
 
 def gap_table(text: BenchResult, vision: BenchResult | None) -> str:
     names = [r.name for r in text.rows if r.kind != "reference"]
-    lines = ["| Method | text8 Avg | text8 gap recovered | " + (f"{VISION_SUITE} Avg | {VISION_SUITE} gap recovered |" if vision else ""),
+    lines = [f"| Method | {text.suite} Avg | {text.suite} gap recovered | "
+             + (f"{VISION_SUITE} Avg | {VISION_SUITE} gap recovered |" if vision else ""),
              "| --- | ---: | ---: |" + (" ---: | ---: |" if vision else "")]
     vnames = {r.name for r in vision.rows} if vision else set()
     for n in names:
@@ -164,7 +165,7 @@ def comparison(text: BenchResult, vision: BenchResult | None, cos_text: dict, co
     out = []
     gap_t = 100 * (text.finetuned.average - text.row("pretrained").average)
     s_t, b_t, w_t = spread(text, "data-free")
-    line = (f"- Fine-tuning gains {gap_t:.1f} points over the probe on text8. Data-free methods span {s_t:.1f} points "
+    line = (f"- Fine-tuning gains {gap_t:.1f} points over the probe on {text.suite}. Data-free methods span {s_t:.1f} points "
             f"(best {display_name(b_t)}, {pct(gap_recovered(text, b_t), 0)}% of the gap; worst {display_name(w_t)}, "
             f"{pct(gap_recovered(text, w_t), 0)}%).")
     if vision is not None:
@@ -175,7 +176,7 @@ def comparison(text: BenchResult, vision: BenchResult | None, cos_text: dict, co
     out.append(line)
     line = (f"- Task vectors: mean |cosine| between two tasks' vectors {cos_text['mean_abs_cos']:.3f} "
             f"(max {cos_text['max_abs_cos']:.3f}); a task vector's norm is {100 * cos_text['relative_norm']:.2f}% of the "
-            "pretrained weights' norm on text8")
+            f"pretrained weights' norm on {text.suite}")
     if cos_vision:
         line += (f", against {cos_vision['mean_abs_cos']:.3f} (max {cos_vision['max_abs_cos']:.3f}) and "
                  f"{100 * cos_vision['relative_norm']:.2f}% on the vision zoo's {VISION_SUITE}")
@@ -183,7 +184,7 @@ def comparison(text: BenchResult, vision: BenchResult | None, cos_text: dict, co
     data_based = [r for r in text.rows if r.kind == "data-based"]
     if data_based:
         best = max(data_based, key=lambda r: r.average)
-        out.append(f"- Best data-based method on text8: {display_name(best.name)} ({pct(best.average)}%, "
+        out.append(f"- Best data-based method on {text.suite}: {display_name(best.name)} ({pct(best.average)}%, "
                    f"{pct(gap_recovered(text, best.name), 0)}% of the gap).")
     return "\n".join(out) + "\n"
 
