@@ -245,6 +245,12 @@ def test_text_suite_through_the_cli_build_merge_eval(text_cache, tmp_path):
     out = runner.invoke(main, ["zoo", "build", "--suite", SUITE, "--cache", str(text_cache), "--quiet"])
     assert out.exit_code == 0, out.output
     assert "2/2 tasks already built" in out.output and "fortune_topic" in out.output
+    out = runner.invoke(main, ["bench", "--suite", SUITE, "--methods", "task_arithmetic", "--no-search", "--quiet",
+                               "--cache", str(text_cache), "--out", str(tmp_path / "bench")])
+    assert out.exit_code == 0, out.output
+    saved = json.loads((tmp_path / "bench" / f"bench-{SUITE}.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["pretrained", "fine-tuned", "task_arithmetic"]
+    assert "| Task arithmetic |" in out.output
     merged = tmp_path / "merged"
     tasks = T.TEXT_SUITES[SUITE]
     config = tmp_path / "merge.yaml"
