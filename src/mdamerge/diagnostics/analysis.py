@@ -133,12 +133,10 @@ class CkaRow:
 
 def cka_rows(inputs: AnalysisInputs, zoo, labels: list[str], max_samples: int = 1000,
              progress: Callable[[str], None] = lambda _: None) -> list[CkaRow]:
-    """CKA of the pretrained and each merged model against each task's fine-tuned model (zoo TinyViT models)."""
-    from ..zoo.model import TinyViT
-
+    """CKA of the pretrained and each merged model against each task's fine-tuned model (the zoo's backbones)."""
     tasks = inputs.tasks or []
     data = {t: zoo.task_data(t).test[0][:max_samples] for t in tasks}
-    load = lambda folder: TinyViT.from_pretrained(folder, device=inputs.device).eval()  # noqa: E731
+    load = lambda folder: zoo.load_backbone(folder).to(inputs.device).eval()  # noqa: E731
     reference = {}
     for task, folder in zip(tasks, inputs.models):
         model = load(folder)
