@@ -21,13 +21,15 @@ data:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
-	      && echo "installed dataset-fashion-mnist"; \
+	      && echo "installed dataset-fashion-mnist" \
+	      || echo "warning: could not install dataset-fashion-mnist (its tests will skip)" >&2; \
 	  else echo "warning: /usr/share/datasets/fashion-mnist missing; run: sudo apt-get install dataset-fashion-mnist" >&2; fi; \
 	fi
 	@if ! dpkg -s $(TEXT_DATA) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq $(TEXT_DATA) >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq $(TEXT_DATA) >/dev/null)) \
-	      && echo "installed the text benchmark's Debian packages"; \
+	      && echo "installed the text benchmark's Debian packages" \
+	      || echo "warning: could not install $(TEXT_DATA) (the text tests will skip)" >&2; \
 	  else echo "warning: text benchmark data missing; run: sudo apt-get install $(TEXT_DATA)" >&2; fi; \
 	fi
 
