@@ -369,3 +369,12 @@ def test_a_method_registered_at_run_time_can_be_named_in_a_config(monkeypatch):
     assert cfg.resolver.resolve("w") == {"factor": 2.0} and isinstance(cfg.method_impl, Halve)
     with pytest.raises(mdamerge.MergeError, match="method 'halve' has no parameter 'factr'"):
         MergeConfig.from_dict({"method": "halve", "base_model": "b", "models": ["x", "y"], "parameters": {"factr": 2}})
+
+
+@pytest.mark.parametrize("etf_over,num_tasks,k", [("directions", 4, 3), ("tasks", 4, 3), ("directions", 1, 1), ("tasks", 1, 5), ("tasks", 5, 1)])
+def test_fast_alignment_equals_the_dense_operator_product(etf_over, num_tasks, k):
+    from mdamerge.methods.mda import alignment_operator, apply_alignment
+
+    u = torch.randn(17, num_tasks * k, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    dense = u @ alignment_operator(num_tasks, k, etf_over, u.dtype, u.device)
+    assert torch.allclose(apply_alignment(u, num_tasks, k, etf_over), dense, atol=1e-12)
