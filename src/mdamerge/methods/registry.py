@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, closest_hint
-from .specs import SPECS, MethodSpec, get_spec
+from .specs import SPECS, MethodSpec, get_spec, unknown_method
 
 if TYPE_CHECKING:
     from .base import MergeMethod
@@ -39,9 +38,7 @@ def get_method(name: str) -> "MergeMethod":
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown method '{name}'" + closest_hint(name, _REGISTRY) + f"; available: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        raise unknown_method(name, _REGISTRY) from None
 
 
 def available_methods() -> list[str]:

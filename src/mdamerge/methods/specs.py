@@ -213,11 +213,14 @@ SPECS: dict[str, MethodSpec] = {spec.name: spec for spec in (
 )}
 
 
+def unknown_method(name: str, known) -> ConfigError:
+    """The one-line error for a method name not in ``known``, with the closest suggestion."""
+    return ConfigError(f"unknown method '{name}'" + closest_hint(name, known) + f"; available: {', '.join(sorted(known))}")
+
+
 def get_spec(name: str) -> MethodSpec:
     """A data-free method's spec by name; unknown names raise with the closest suggestion."""
     try:
         return SPECS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown method '{name}'" + closest_hint(name, SPECS) + f"; available: {', '.join(sorted(SPECS))}"
-        ) from None
+        raise unknown_method(name, SPECS) from None

@@ -188,18 +188,14 @@ class TextZoo(Zoo):
             timings["pretrained"] = self._build_base()
         bar = _progress_bar(self.settings.finetune.steps * len(todo), progress)
         try:
-            if todo:
-                base = self.load_backbone()
-                for i, task in enumerate(todo, 1):
-                    bar.set_description(f"fine-tuning {task}")
-                    log(f"fine-tuning {task} ({i}/{len(todo)}, {self.settings.finetune.steps} steps)")
-                    timings[task] = self._build_task(task, base, bar, device)
-                    record = self.records[task]
-                    log(f"{task} done in {timings[task]:.0f} s (probe {record['pretrained']['test']:.3f}, "
-                        f"fine-tuned {record['finetuned']['test']:.3f} test accuracy)")
+            timings.update(self._finetune_tasks(todo, bar, device, log))
         finally:
             bar.close()
         return timings
+
+    def _task_summary(self, task: str) -> str:
+        record = self.records[task]
+        return f"probe {record['pretrained']['test']:.3f}, fine-tuned {record['finetuned']['test']:.3f} test accuracy"
 
     def _build_base(self) -> float:
         """Copy the pretrained encoder (MiniLM, or a seeded tiny random BERT) and its tokenizer into the zoo."""

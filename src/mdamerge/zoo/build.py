@@ -278,17 +278,27 @@ class Zoo:
                 log(f"pretraining backbone ({self.settings.pretrain.steps} steps, {torch.get_num_threads()} threads)")
                 timings["pretrained"] = self._build_base(bar, device)
                 log(f"pretrained backbone done in {timings['pretrained']:.0f} s")
-            if todo:
-                base = self.load_backbone()
-                for i, task in enumerate(todo, 1):
-                    bar.set_description(f"fine-tuning {task}")
-                    log(f"fine-tuning {task} ({i}/{len(todo)}, {self.settings.finetune.steps} steps)")
-                    timings[task] = self._build_task(task, base, bar, device)
-                    record = self._state["tasks"][task]
-                    log(f"{task} done in {timings[task]:.0f} s (test accuracy {record['finetuned']['test']:.3f})")
+            timings.update(self._finetune_tasks(todo, bar, device, log))
         finally:
             bar.close()
         return timings
+
+    def _finetune_tasks(self, todo: list[str], bar, device: str, log) -> dict[str, float]:
+        """Fine-tune each task of ``todo`` from the saved backbone; seconds per task."""
+        timings: dict[str, float] = {}
+        if not todo:
+            return timings
+        base = self.load_backbone()
+        for i, task in enumerate(todo, 1):
+            bar.set_description(f"fine-tuning {task}")
+            log(f"fine-tuning {task} ({i}/{len(todo)}, {self.settings.finetune.steps} steps)")
+            timings[task] = self._build_task(task, base, bar, device)
+            log(f"{task} done in {timings[task]:.0f} s ({self._task_summary(task)})")
+        return timings
+
+    def _task_summary(self, task: str) -> str:
+        """What the build log says of a finished task."""
+        return f"test accuracy {self.records[task]['finetuned']['test']:.3f}"
 
     def _build_base(self, bar, device: str) -> float:
         start = time.perf_counter()
