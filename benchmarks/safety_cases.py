@@ -19,7 +19,6 @@ CAP_SYS_ADMIN; otherwise they inject the same OSError into the writer (said in t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
@@ -34,7 +33,11 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+# The input-tree hash is the tests' own (tests/safety_util.py), so both check "nothing changed" alike.
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from safety_util import tree  # noqa: E402
+
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
 SMALL = {"embed.weight": (64, 32), "layers.0.attn.weight": (32, 32), "layers.0.mlp.weight": (64, 32),
          "layers.0.mlp.bias": (64,), "layers.0.norm.weight": (32,), "head.weight": (4, 32)}
@@ -89,30 +92,6 @@ def start(*args) -> subprocess.Popen:
 def finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[int, list[str], str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, [l for l in err.splitlines() if l.strip()], out.strip()
-
-
-def tree(root: Path, skip: Path | None = None) -> dict[str, str]:
-    """Path -> content hash / link target / 'dir' for everything under ``root`` (``skip`` excluded)."""
-    out = {}
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        here = Path(folder)
-        if skip is not None and (here == skip or skip in here.parents):
-            dirs[:] = []
-            continue
-        for name in dirs + files:
-            path = here / name
-            if skip is not None and path == skip:
-                continue
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = "link:" + os.readlink(path)
-            elif path.is_dir():
-                out[rel] = "dir"
-            elif path.is_file():
-                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                out[rel] = "special"
-    return out
 
 
 def wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
