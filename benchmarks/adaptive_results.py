@@ -53,6 +53,17 @@ VARIANTS = [
 DATA_FREE_PARAMS = {"iso_c": {"scaling": 1.5}, "iso_cts": {"scaling": 1.5}}
 
 
+@torch.no_grad()
+def task_features(model, zoo, task: str, x, y, device: str, transforms=None):
+    """Features of ``x`` (through ``transforms[task]`` if given), the task's head, and its accuracy on ``y``."""
+    feats = torch.cat([model(x[i:i + 1024].to(device)) for i in range(0, len(x), 1024)])
+    if transforms and task in transforms:
+        feats = transforms[task](feats)
+    head = zoo.head(task).to(device)
+    acc = float((head(feats).argmax(-1).cpu() == y).float().mean())
+    return feats, head, acc
+
+
 class Evaluator:
     """Accuracy and Delta_ETF of a backbone state dict from one pass over each task's test set."""
 
@@ -70,11 +81,7 @@ class Evaluator:
         out = {}
         for t in tasks or self.tasks:
             x, y = self.data[t]
-            feats = torch.cat([self.model(x[i:i + 1024].to(self.device)) for i in range(0, len(x), 1024)])
-            if transforms and t in transforms:
-                feats = transforms[t](feats)
-            head = self.zoo.head(t).to(self.device)
-            acc = float((head(feats).argmax(-1).cpu() == y).float().mean())
+            feats, head, acc = task_features(self.model, self.zoo, t, x, y, self.device, transforms)
             means = class_means(feats.cpu(), y, head.out_features)
             mis = prototype_misalignment(means, head.weight.cpu()) if means.shape[0] == head.out_features else float("nan")
             out[t] = {"acc": acc, "delta_etf": delta_etf(means), "misalignment": mis}

@@ -50,6 +50,9 @@ from mdamerge.methods.linalg import polar_factor, rebuild
 from mdamerge.zoo.build import Zoo
 from mdamerge.zoo.tasks import resolve_tasks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adaptive_results import task_features  # noqa: E402  (the sibling benchmark's evaluation pass)
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA_BASED = ["adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot"]
 # The published defaults (as benchmarks/adaptive_results.py): FusionBench's 1.5 for Iso-C / Iso-CTS.
@@ -131,11 +134,7 @@ class Evaluator:
         out = {}
         for t in tasks or self.tasks:
             x, y = self.data[t]
-            feats = torch.cat([self.model(x[i:i + 1024].to(self.device)) for i in range(0, len(x), 1024)])
-            if transforms and t in transforms:
-                feats = transforms[t](feats)
-            head = self.zoo.head(t).to(self.device)
-            acc = float((head(feats).argmax(-1).cpu() == y).float().mean())
+            feats, head, acc = task_features(self.model, self.zoo, t, x, y, self.device, transforms)
             row = {"acc": acc, "delta_etf": delta_etf(class_means(feats.cpu(), y, head.out_features))}
             if cka and self.reference:
                 mine = layer_features(self.model, self.cka_inputs[t], self.layers, device=self.device)
