@@ -10,6 +10,16 @@ import torch
 from safetensors.torch import save_file
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on a busy 2-core machine OpenMP's spinning threads make
+    SVD-heavy tests many times slower, and the results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_state(seed: int, shapes: dict[str, tuple[int, ...]], dtype=torch.float32) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {name: torch.randn(shape, generator=gen).to(dtype) for name, shape in shapes.items()}

