@@ -77,17 +77,26 @@ def _scipy():
 
 def gram64(b: torch.Tensor) -> torch.Tensor:
     """``b^T b`` in float64. On CPUs BLAS ``dsyrk`` computes one triangle: half the flops of a matmul."""
+    upper = gram64_upper(b)
+    return upper + upper.triu(1).mT if upper.device.type == "cpu" else upper
+
+
+def gram64_upper(b: torch.Tensor) -> torch.Tensor:
+    """``b^T b`` in float64 where only the upper triangle is guaranteed (the whole matrix off CPUs).
+
+    What the ``eigh`` routines below read (``lower=False``): mirroring the triangle costs
+    as much as 10% of a top-k decomposition at width 768.
+    """
     b = b.double()
     sp = _scipy() if b.device.type == "cpu" else None
     if sp is None:
         return b.mT @ b
     x = b.contiguous().numpy().T  # Fortran-ordered n x m view of b^T: dsyrk(trans=0) gives x x^T = b^T b
-    upper = torch.from_numpy(sp.blas.dsyrk(1.0, x, trans=0)).triu()
-    return upper + upper.triu(1).mT
+    return torch.from_numpy(sp.blas.dsyrk(1.0, x, trans=0))  # strictly-lower part is zero
 
 
-def _top_eigh(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest eigenpairs of the symmetric ``g``, eigenvalues descending.
+def _top_eigh(g: torch.Tensor, k: int, lower: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest eigenpairs of the symmetric ``g`` (read from one triangle), eigenvalues descending.
 
     On CPUs LAPACK's ``syevr`` (through SciPy, when installed) computes only the wanted
     ``k`` pairs -- about twice as fast as the full ``eigh`` for k <= n/4, same accuracy.
@@ -95,10 +104,25 @@ def _top_eigh(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     n = g.shape[0]
     sp = _scipy() if g.device.type == "cpu" and k < n // 2 else None
     if sp is not None:
-        vals, vecs = sp.eigh(g.numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
+        vals, vecs = sp.eigh(
+            g.numpy(), lower=lower, subset_by_index=[n - k, n - 1], driver="evr", check_finite=False
+        )
         return torch.from_numpy(vals).flip(0), torch.from_numpy(vecs).flip(1)
-    vals, vecs = torch.linalg.eigh(g)
+    vals, vecs = full_eigh(g, lower)
     return vals.flip(0)[:k], vecs.flip(1)[:, :k]
+
+
+def full_eigh(g: torch.Tensor, lower: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """All eigenpairs of the symmetric ``g`` (read from one triangle), eigenvalues ascending.
+
+    On CPUs LAPACK's divide-and-conquer ``syevd`` through SciPy: at width 768 about 15%
+    faster than ``torch.linalg.eigh`` with this machine's MKL; elsewhere torch.
+    """
+    sp = _scipy() if g.device.type == "cpu" else None
+    if sp is not None:
+        vals, vecs = sp.eigh(g.numpy(), lower=lower, driver="evd", check_finite=False)
+        return torch.from_numpy(vals), torch.from_numpy(vecs)
+    return torch.linalg.eigh(g, UPLO="L" if lower else "U")
 
 
 def gram_top_k_svd(a: torch.Tensor, k: int, eig: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -109,7 +133,7 @@ def gram_top_k_svd(a: torch.Tensor, k: int, eig: tuple[torch.Tensor, torch.Tenso
     """
     wide = a.shape[0] < a.shape[1]
     b = (a.mT if wide else a).double()  # tall: m >= n
-    vals, v = eig if eig is not None else _top_eigh(gram64(b), k)
+    vals, v = eig if eig is not None else _top_eigh(gram64_upper(b), k, lower=False)
     if not (vals[0] > 0 and vals[-1] >= GRAM_RCOND * vals[0]):
         return None
     s = vals.sqrt()
@@ -186,7 +210,7 @@ def polar_factor(a: torch.Tensor) -> torch.Tensor:
     """
     wide = a.shape[0] < a.shape[1]
     b = (a.mT if wide else a).double()
-    evals, evecs = torch.linalg.eigh(gram64(b))
+    evals, evecs = full_eigh(gram64_upper(b), lower=False)
     if evals[-1] > 0 and evals[0] >= POLAR_RCOND * evals[-1]:
         polar = b @ ((evecs * evals.rsqrt()) @ evecs.mT)  # small n x n product first
         return (polar.mT if wide else polar).to(a.dtype)
@@ -202,7 +226,7 @@ def isotropic_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     wide = a.shape[0] < a.shape[1]
     b = (a.mT if wide else a).double()
-    evals, evecs = torch.linalg.eigh(gram64(b))
+    evals, evecs = full_eigh(gram64_upper(b), lower=False)
     if evals[-1] > 0 and evals[0] >= POLAR_RCOND * evals[-1]:
         polar = b @ ((evecs * evals.rsqrt()) @ evecs.mT)  # small n x n product first
         return evals.sqrt().mean().to(a.dtype), (polar.mT if wide else polar).to(a.dtype)
@@ -279,7 +303,7 @@ def batched_top_k_svd(deltas: list[torch.Tensor], k: int, solver: str = "auto") 
     if k == 0:
         return [top_k_svd(d, k, solver) for d in deltas]
     if deltas[0].device.type == "cpu":  # per matrix: BLAS syrk, then LAPACK syevr for only the k wanted pairs
-        eigs = [_top_eigh(gram64(d.mT if m < n else d), k) for d in deltas]
+        eigs = [_top_eigh(gram64_upper(d.mT if m < n else d), k, lower=False) for d in deltas]
     else:  # one batched product and one batched eigh on GPUs
         stacked = torch.stack([(d.mT if m < n else d) for d in deltas]).double()  # T x tall
         vals, vecs = torch.linalg.eigh(stacked.mT @ stacked)
