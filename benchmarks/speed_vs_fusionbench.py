@@ -180,8 +180,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             write_models(root, args.layers, tasks)
+            fb_runs: dict[str, tuple[float, float]] = {}
             for method in args.methods:
-                res = {tool: measure(root, tool, method, tasks) for tool in tools}
+                res = {"mdamerge": measure(root, "mdamerge", method, tasks)}
+                if "fusionbench" in tools:
+                    # FusionBench has no MDA: its yardstick is FusionBench's TSV-M, measured once per T
+                    fb_method = "tsv" if method == "mda" else method
+                    if fb_method not in fb_runs:
+                        fb_runs[fb_method] = measure(root, "fusionbench", fb_method, tasks)
+                    res["fusionbench"] = fb_runs[fb_method]
                 fb = res.get("fusionbench")
                 md = res["mdamerge"]
                 label = method + (" (FB: TSV-M)" if method == "mda" else "")
