@@ -233,3 +233,19 @@ def test_near_tie_at_the_truncation_is_documented_not_hidden():
         # the third direction lies in the tied 2-D eigenspace of the reference
         eu = torch.linalg.svd(tau.double(), full_matrices=False)[0][:, 2:4]
         assert torch.linalg.norm(eu.T @ u[:, 2]) == pytest.approx(1.0, abs=1e-7)
+
+
+
+@pytest.mark.parametrize("kind", ["flat_tail", "harmonic", "shared"])
+@pytest.mark.parametrize("method", ["tsv", "mda"])
+def test_batched_gram_route_of_gpus_agrees_with_the_reference(monkeypatch, kind, method):
+    """The GPU branch (one batched Gram product and ``eigh``), forced on CPU: same guarantee, no dense fallback."""
+    from mdamerge.methods import linalg
+
+    batched, dense = [], []
+    monkeypatch.setattr(linalg, "batch_gram_eigh", lambda device: batched.append(device) or True)
+    real_top_k = linalg.top_k_svd
+    monkeypatch.setattr(linalg, "top_k_svd", lambda a, k, solver="auto", **kw: dense.append(solver) or real_top_k(a, k, solver, **kw))
+    check(method, task_vectors(kind, 192, 320, 6, seed=4))
+    assert batched, "the batched branch was not taken"
+    assert not dense, f"the batched route fell back to top_k_svd({dense[0]!r}): its eigenpairs failed the checks"

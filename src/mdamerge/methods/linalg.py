@@ -302,9 +302,9 @@ def batched_top_k_svd(deltas: list[torch.Tensor], k: int, solver: str = "auto") 
     k = max(0, min(k, m, n))
     if k == 0:
         return [top_k_svd(d, k, solver) for d in deltas]
-    if deltas[0].device.type == "cpu":  # per matrix: BLAS syrk, then LAPACK syevr for only the k wanted pairs
+    if not batch_gram_eigh(deltas[0].device):  # per matrix: BLAS syrk, then LAPACK syevr for the k wanted pairs
         eigs = [_top_eigh(gram64_upper(d.mT if m < n else d), k, lower=False) for d in deltas]
-    else:  # one batched product and one batched eigh on GPUs
+    else:  # one batched product and one batched eigh
         stacked = torch.stack([(d.mT if m < n else d) for d in deltas]).double()  # T x tall
         vals, vecs = torch.linalg.eigh(stacked.mT @ stacked)
         del stacked
@@ -314,6 +314,16 @@ def batched_top_k_svd(deltas: list[torch.Tensor], k: int, solver: str = "auto") 
         triplets = gram_top_k_svd(d, k, eig=eig)
         out.append(triplets if triplets is not None else top_k_svd(d, k, "full"))
     return out
+
+
+def batch_gram_eigh(device: torch.device) -> bool:
+    """Whether the T Gram matrices are formed and decomposed as one batch on ``device``.
+
+    On GPUs one batched product and one batched ``eigh`` replace T small kernel launches;
+    on CPUs LAPACK's ``syevr`` for only the k wanted pairs, matrix by matrix, is cheaper
+    (torch's batched ``eigh`` runs the full ``syevd`` per matrix there).
+    """
+    return device.type != "cpu"
 
 
 def canonical_signs(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
