@@ -127,3 +127,45 @@ def test_routes_without_scipy_give_the_same_result(monkeypatch):
         u2, s2, vh2 = linalg.top_k_svd(x, 20)
         torch.testing.assert_close((u2 * s2) @ vh2, (u * s) @ vh, rtol=0, atol=1e-12)
     torch.testing.assert_close(linalg.polar_factor(a), polar_with, rtol=0, atol=1e-12)
+
+
+def _with_spectrum(m, n, s, seed):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(m, s.numel(), generator=gen, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, s.numel(), generator=gen, dtype=torch.float64))[0]
+    return (u * s) @ v.T
+
+
+@pytest.mark.parametrize("tiny", [1e-5, 1e-8, 1e-11])
+@pytest.mark.parametrize("shape", [(96, 96), (96, 140)])
+def test_polar_of_a_matrix_with_a_few_tiny_singular_values(shape, tiny):
+    """A square sum of task vectors has a few tiny singular values (cond 1e4-1e6 on a CLIP tower): the
+    Gram route takes them from a dense SVD of the matrix restricted to them and keeps every direction exact."""
+    from mdamerge.methods import linalg
+
+    r = min(shape)
+    s = torch.cat([torch.linspace(1.0, 0.05, r - 3, dtype=torch.float64), torch.tensor([30 * tiny, 3 * tiny, tiny], dtype=torch.float64)])
+    a = _with_spectrum(*shape, s, seed=6)
+    route = linalg.gram_polar(a)
+    assert route is not None, "the Gram route refused a well-separated matrix with three tiny singular values"
+    polar, svals = route
+    u, ref_s, vh = torch.linalg.svd(a, full_matrices=False)
+    # any backward-stable route (the dense SVD too) leaves ~eps64 cond in the tiny directions:
+    # 1e-6 overall up to cond 1e8; at cond 1e11 the two routes can only agree to ~1e-5 per tiny direction
+    tol = 1e-6 if tiny >= 1e-8 else 1e-4
+    assert float((polar - u @ vh).norm() / (u @ vh).norm()) < tol
+    torch.testing.assert_close(polar, u @ vh, rtol=0, atol=100 * 2.2e-16 / tiny)
+    torch.testing.assert_close(svals.sort().values, ref_s.sort().values, rtol=0, atol=1e-12)
+    mean_s, iso = linalg.isotropic_polar(a)
+    assert float((mean_s * iso - ref_s.mean() * (u @ vh)).norm() / (ref_s.mean() * (u @ vh)).norm()) < tol
+
+
+def test_polar_of_a_rank_deficient_matrix_is_the_dense_svds():
+    """With exact zero singular values the polar factor is not unique: the published (dense SVD) choice is kept."""
+    from mdamerge.methods import linalg
+
+    a = _with_spectrum(64, 64, torch.linspace(1.0, 0.1, 60, dtype=torch.float64), seed=7)  # rank 60 of 64
+    a[:, :4] = 0.0  # exact zeros so the Gram has exact zero eigenvalues
+    assert linalg.gram_polar(a) is None
+    p, _, qh = torch.linalg.svd(a, full_matrices=False)
+    torch.testing.assert_close(linalg.polar_factor(a), p @ qh, rtol=0, atol=0)

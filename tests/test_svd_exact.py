@@ -249,3 +249,15 @@ def test_batched_gram_route_of_gpus_agrees_with_the_reference(monkeypatch, kind,
     check(method, task_vectors(kind, 192, 320, 6, seed=4))
     assert batched, "the batched branch was not taken"
     assert not dense, f"the batched route fell back to top_k_svd({dense[0]!r}): its eigenpairs failed the checks"
+
+
+@pytest.mark.parametrize("shape", [(192, 192), (160, 288)])
+def test_iso_cts_takes_each_residual_in_the_common_complement(monkeypatch, shape):
+    """Wide and square layers: one eigh of the sum's Gram gives U_c and its complement; no per-task wide Gram."""
+    from mdamerge.methods import iso_cts
+
+    projected = []
+    real = iso_cts.projected_top_k_svd
+    monkeypatch.setattr(iso_cts, "projected_top_k_svd", lambda *a, **kw: projected.append(1) or real(*a, **kw))
+    check("iso_cts", task_vectors("flat_tail", *shape, 8, seed=9))
+    assert not projected, "the complement route fell back to the per-task projected Gram"

@@ -19,7 +19,7 @@ from .base import MergeMethod, TensorJob
 from .linalg import isotropic_polar
 from .registry import register
 from .specs import SPECS
-from .svd_common import mean_delta, svd_inputs
+from .svd_common import mean_delta, svd_input_sum
 
 
 class IsoC(MergeMethod):
@@ -27,7 +27,7 @@ class IsoC(MergeMethod):
         scaling = job.params["scaling"]
         if job.base.ndim != 2:
             return scaling * mean_delta(job)
-        mean_s, polar = isotropic_polar(sum(svd_inputs(job)))
+        mean_s, polar = isotropic_polar(svd_input_sum(job))
         return scaling * (mean_s * polar).float()
 
 

@@ -23,6 +23,12 @@ GRAM_ORTHO_TOL = 1e-9
 #: polar factor from the Gram only when the condition number of ``A`` is <= 1e4
 #: (error ~ eps64 * cond^2 <= 1e-8); otherwise the dense SVD.
 POLAR_RCOND = 1e-8
+#: ... above that, directions with S_i^2 < POLAR_SPLIT S_1^2 (S_i / S_1 < 1e-3) come from a
+#: dense SVD of the matrix restricted to them (:func:`gram_polar`); the rest from the Gram,
+#: accurate to eps64 / POLAR_SPLIT ~ 1e-10.
+POLAR_SPLIT = 1e-6
+#: singular values below RANK_RTOL S_1 count as zero: the polar factor is then not unique.
+RANK_RTOL = 1e-13
 #: randomized route: accepted only when its a-posteriori residual is this small.
 RANDOMIZED_TOL = 1e-6
 
@@ -146,6 +152,31 @@ def gram_top_k_svd(a: torch.Tensor, k: int, eig: tuple[torch.Tensor, torch.Tenso
     return u.to(a.dtype), s.to(a.dtype), v.mT.to(a.dtype)
 
 
+def top_k_svd_and_complement(a: torch.Tensor, k: int):
+    """``(U_k, S_k, Vh_k, Q)`` for a wide or square ``a`` (m <= n), ``Q`` (m x (m-k)) an orthonormal basis of
+    the complement of ``span(U_k)``; ``None`` when the Gram route cannot certify it (caller: dense SVD).
+
+    One full float64 ``eigh`` of ``a a^T`` gives both, exactly complementary, so Iso-CTS can take each
+    task's residual ``(I - U_k U_k^T) tau = Q (Q^T tau)`` in the small (m-k)-dimensional complement.
+    Same checks as :func:`gram_top_k_svd`.
+    """
+    m, n = a.shape
+    if m > n or not 0 < k < m:
+        return None
+    b = a.mT.double()  # n x m, tall: its Gram b^T b = a a^T
+    vals, vecs = full_eigh(gram64_upper(b), lower=False)  # ascending
+    top_vals, u = vals.flip(0)[:k], vecs.flip(1)[:, :k]
+    if not (top_vals[0] > 0 and top_vals[-1] >= GRAM_RCOND * top_vals[0]):
+        return None
+    s = top_vals.sqrt()
+    v = (b @ u) / s
+    defect = (v.mT @ v - torch.eye(k, dtype=v.dtype, device=v.device)).abs().max()
+    if not defect <= GRAM_ORTHO_TOL:
+        return None
+    complement = vecs[:, : m - k]
+    return u.to(a.dtype), s.to(a.dtype), v.mT.to(a.dtype), complement.to(a.dtype)
+
+
 def projected_top_k_svd(a: torch.Tensor, basis: torch.Tensor, k: int):
     """Top-``k`` SVD of ``R = (I - Q Q^T) a`` for orthonormal columns ``Q = basis``, as ``(U, S, Vh)``.
 
@@ -162,8 +193,8 @@ def projected_top_k_svd(a: torch.Tensor, basis: torch.Tensor, k: int):
     b, q = a.double(), basis.double()
     if m >= n:
         w = q.mT @ b
-        gram_a = gram64(b)
-        vals, v = _top_eigh(gram_a - gram64(w), k)
+        gram_a = gram64_upper(b)  # one triangle is all eigh reads; the diagonal gives the scale below
+        vals, v = _top_eigh(gram_a - gram64_upper(w), k, lower=False)
         other = lambda vecs: b @ vecs - q @ (w @ vecs)  # noqa: E731  -- R V
     else:
         gram_a = gram64(b.mT)
@@ -204,16 +235,12 @@ def randomized_svd(
 def polar_factor(a: torch.Tensor) -> torch.Tensor:
     """Orthogonal polar factor ``P Q^T`` of ``a = P S Q^T``: the closest matrix with orthonormal columns (or rows).
 
-    Computed as ``a (a^T a)^{-1/2}`` from a float64 ``eigh`` of the small Gram matrix when
-    ``a`` is well conditioned (cond <= 1e4: error ~ eps64 cond^2 <= 1e-8; several times
+    From a float64 ``eigh`` of the small Gram matrix (:func:`gram_polar`; several times
     faster than an SVD on CPUs), else by the dense SVD in ``a``'s dtype, as published.
     """
-    wide = a.shape[0] < a.shape[1]
-    b = (a.mT if wide else a).double()
-    evals, evecs = full_eigh(gram64_upper(b), lower=False)
-    if evals[-1] > 0 and evals[0] >= POLAR_RCOND * evals[-1]:
-        polar = b @ ((evecs * evals.rsqrt()) @ evecs.mT)  # small n x n product first
-        return (polar.mT if wide else polar).to(a.dtype)
+    route = gram_polar(a)
+    if route is not None:
+        return route[0].to(a.dtype)
     p, _, qh = thin_svd(a)
     return p @ qh
 
@@ -221,17 +248,61 @@ def polar_factor(a: torch.Tensor) -> torch.Tensor:
 def isotropic_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean of all min(m, n) singular values of a, polar factor of a)``: Iso-C's two ingredients.
 
-    One float64 Gram ``eigh`` gives both when ``a`` is well conditioned (as in
-    :func:`polar_factor`); otherwise one dense SVD in ``a``'s dtype.
+    Both from :func:`gram_polar` when it certifies them; otherwise one dense SVD in ``a``'s dtype.
     """
-    wide = a.shape[0] < a.shape[1]
-    b = (a.mT if wide else a).double()
-    evals, evecs = full_eigh(gram64_upper(b), lower=False)
-    if evals[-1] > 0 and evals[0] >= POLAR_RCOND * evals[-1]:
-        polar = b @ ((evecs * evals.rsqrt()) @ evecs.mT)  # small n x n product first
-        return evals.sqrt().mean().to(a.dtype), (polar.mT if wide else polar).to(a.dtype)
+    route = gram_polar(a)
+    if route is not None:
+        polar, svals = route
+        return svals.mean().to(a.dtype), polar.to(a.dtype)
     u, s, vh = thin_svd(a)
     return s.mean(), u @ vh
+
+
+def gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(polar factor, all min(m, n) singular values)`` of ``a`` in float64 from its Gram matrix, or ``None``.
+
+    ``polar = a (a^T a)^{-1/2}`` from one ``eigh`` of the float64 Gram. Its error in the
+    direction of singular value ``S_i`` is about eps64 (S_1 / S_i)^2, so directions with
+    ``S_i^2 < POLAR_SPLIT S_1^2`` (the few tiny singular values of a square sum of task
+    vectors, say) are not taken from it: their part of the polar factor comes from a dense
+    SVD of ``a`` restricted to them, ``Y = (I - U_h U_h^T) a V_t`` (m x p, p small),
+    which is as accurate as the dense SVD of ``a``. The result must pass an
+    orthogonality check (``max|P^T P - I| <= 1e-9``). ``None`` (caller: dense SVD) when
+    it does not, when ``a`` is zero or numerically rank-deficient (its polar factor is
+    then not unique: the dense SVD's choice is the published one) or when most
+    directions are tiny (a dense SVD is then as cheap).
+    """
+    wide = a.shape[0] < a.shape[1]
+    b = (a.mT if wide else a).double()  # tall: m >= n
+    n = b.shape[1]
+    if n == 0:
+        return None
+    vals, vecs = full_eigh(gram64_upper(b), lower=False)  # ascending
+    top = vals[-1]
+    if not top > 0:
+        return None
+    if vals[0] >= POLAR_RCOND * top:  # every direction accurate to eps64 cond^2 <= 1e-8: no split, no check
+        polar = b @ ((vecs * vals.rsqrt()) @ vecs.mT)  # small n x n product first
+        svals = vals.sqrt()
+    else:
+        tail = int((vals < POLAR_SPLIT * top).sum())
+        if tail > n // 2:
+            return None
+        head_s = vals[tail:].sqrt()
+        head_v, tail_v = vecs[:, tail:], vecs[:, :tail]
+        head_u = (b @ head_v) / head_s
+        y = b @ tail_v
+        for _ in range(2):  # twice is enough (Kahan): y must be orthogonal to the head to working accuracy
+            y = y - head_u @ (head_u.mT @ y)
+        w, tail_s, zh = torch.linalg.svd(y, full_matrices=False)
+        if not tail_s[-1] > RANK_RTOL * top.sqrt():
+            return None
+        polar = head_u @ head_v.mT + w @ (zh @ tail_v.mT)
+        defect = (polar.mT @ polar - torch.eye(n, dtype=polar.dtype, device=polar.device)).abs().max()
+        if not defect <= GRAM_ORTHO_TOL:
+            return None
+        svals = torch.cat([tail_s.flip(0), head_s])
+    return (polar.mT if wide else polar), svals
 
 
 def etf_gram_operator(k: int, dtype=torch.float32, device=None) -> torch.Tensor:
