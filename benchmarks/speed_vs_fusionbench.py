@@ -7,7 +7,7 @@ of its 12 encoder blocks, layer norms; 12 blocks = 87.5M parameters) and T fine-
 copies as safetensors folders; task vectors of the 2-D tensors = rank 32 with a 1/i
 spectrum + 1e-4 dense noise (issue 9), the others small dense noise. Each measurement is
 one fresh process, one thread, the whole job: read the folders, merge, write the merged
-weights. Peak memory = the child's max RSS.
+weights. Peak memory = the child's own VmHWM (not wait4's ru_maxrss, which inherits the parent's).
 
 mdamerge: ``mdamerge.merge`` (default parameters: exact SVD route). FusionBench
 (optional: run this script with a Python that has ``fusion-bench``, e.g.
@@ -121,7 +121,11 @@ def child(args) -> None:
     start = time.perf_counter()
     runner = run_mdamerge if args.child == "mdamerge" else run_fusionbench
     runner(Path(args.root), args.method, args.child_tasks, Path(args.root) / f"out-{args.child}-{args.method}")
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    seconds = time.perf_counter() - start
+    # the child's own high-water mark: wait4's ru_maxrss would carry over the (large) parent's,
+    # which wrote the checkpoints and compared outputs, across fork + exec
+    hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"seconds": seconds, "peak_gib": hwm_kib / 2**20}))
 
 
 def output_difference(root: Path, method: str) -> float:
@@ -147,12 +151,11 @@ def measure(root: Path, tool: str, method: str, tasks: int) -> tuple[float, floa
         [sys.executable, __file__, "--child", tool, "--method", method, "--child-tasks", str(tasks), "--root", str(root)],
         stdout=subprocess.PIPE, env=env,
     )
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, _ = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{tool} {method} failed")
-    return json.loads(stdout.decode().strip().splitlines()[-1])["seconds"], usage.ru_maxrss / 2**20  # GiB
+    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    return result["seconds"], result["peak_gib"]
 
 
 def main() -> None:
