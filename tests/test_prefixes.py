@@ -3,6 +3,8 @@ against a plain base: detection, the merge itself, and the heads saved per task.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -102,3 +104,19 @@ def _write(tmp_path, cfg) -> str:
     path = tmp_path / "merge.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+def test_analyze_reads_prefixed_fine_tunes_like_plain_ones(classification, tmp_path):
+    """analyze sees classification checkpoints through the base's names, as merge does: same metrics as plain copies."""
+    plain_dirs = [write_hf_folder(tmp_path / f"plain{i}", sd) for i, sd in enumerate(classification["fts"])]
+    runner = CliRunner()
+    outputs = {}
+    for kind, dirs in (("cls", classification["cls_dirs"]), ("plain", plain_dirs)):
+        out = tmp_path / f"report-{kind}"
+        result = runner.invoke(main, ["analyze", "--base", str(classification["base_dir"]),
+                                      "--models", ",".join(str(d) for d in dirs), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs[kind] = json.loads((out / "metrics.json").read_text())
+        if kind == "cls":
+            assert result.output.count("backbone under 'bert.' matched to the base") == 3, result.output
+    assert outputs["cls"]["layers"] == outputs["plain"]["layers"]

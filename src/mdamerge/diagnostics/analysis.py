@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import MergeError
+from ..engine.prefixes import align_prefixes
 from ..io.checkpoint import Checkpoint
 from ..io.writer import OutputFolder, check_output_folder
 from . import plots
@@ -327,8 +328,12 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
         raise MergeError(f"{len(labels)} labels for {len(inputs.models)} models")
     check_output_folder(out_dir, [inputs.base, *inputs.models, *inputs.merged, *([zoo.root] if zoo else [])], overwrite)
     base = Checkpoint(inputs.base)
-    models = [Checkpoint(p) for p in inputs.models]
-    merged = [Checkpoint(p) for p in inputs.merged]
+    # classification fine-tunes (backbone under 'bert.' etc. plus a head) are seen through the base's names, as merge does
+    plan = align_prefixes(base, [Checkpoint(p) for p in inputs.models], "auto")
+    for notice in plan.notices:
+        progress(notice)
+    models = plan.models
+    merged = align_prefixes(base, [Checkpoint(p) for p in inputs.merged], "auto").models
     for label, ckpt in zip([*labels, *unique_labels(inputs.merged)], [*models, *merged]):
         # integer buffers (position_ids, ...) are not task-vector material; merge ignores them too
         missing = [n for n in base.keys() if n not in ckpt and base.info(n).dtype.is_floating_point]

@@ -37,11 +37,20 @@ class PrefixedSource:
         self.label = source.label
         available = set(source.keys())
         self._keys = [k for k in base_keys if prefix + k in available]
+        self._names = set(self._keys)
         mapped = {prefix + k for k in self._keys}
         self.heads = [k for k in source.keys() if k not in mapped]
 
+    @property
+    def path(self):
+        return self.source.path
+
     def keys(self) -> list[str]:
         return list(self._keys)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
 
     def info(self, name: str) -> TensorInfo:
         return self.source.info(self.prefix + name)

@@ -66,6 +66,11 @@ class Checkpoint:
         if not self._location:
             raise CheckpointError(f"no tensors found in {self.path}")
 
+    @property
+    def label(self) -> str:
+        """How messages name this checkpoint: its path."""
+        return str(self.path)
+
     # -- listing -----------------------------------------------------------
     def keys(self) -> list[str]:
         """Tensor names in file order."""
