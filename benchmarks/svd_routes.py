@@ -1,6 +1,7 @@
 """Accuracy and time of each SVD route on one 768 x 3072 layer with T = 8 task vectors.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/svd_routes.py [--rows 768 --cols 3072 --tasks 8]
+    PYTHONPATH=src python benchmarks/svd_routes.py --device cuda     # the GPU routes (batched Gram eigh)
 
 Task vectors: issue 9's flat-tail class (rank-16 part with a 1/i spectrum, a rank-4 part
 shared by all tasks, 1e-3 dense noise), float32. Reference: the published algorithm with
@@ -25,11 +26,13 @@ from test_svd_exact import REFERENCES, merged, rel, task_vectors  # noqa: E402
 from mdamerge.methods.linalg import batched_top_k_svd, randomized_svd, top_k_svd  # noqa: E402
 
 
-def timed(fn, repeat=1):
+def timed(fn, repeat=1, device="cpu"):
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         out = fn()
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return out, best
 
@@ -40,11 +43,14 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=3072)
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the mdamerge routes run (references: CPU, float64)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     taus = task_vectors("flat_tail", args.rows, args.cols, args.tasks, seed=0)
     k = min(args.rows, args.cols) // args.tasks
     t64 = [t.double() for t in taus]
+    if args.device != "cpu":
+        return device_routes(args, taus, t64, k)
 
     print(f"# {args.rows}x{args.cols}, T={args.tasks}, k={k}, threads={torch.get_num_threads()}")
     print("\n## top-k of the T task vectors")
@@ -78,6 +84,28 @@ def main() -> None:
         for label, params in variants:
             out, sec = timed(lambda: merged(method, taus, **params), args.repeat)
             print(f"| {method} | {label} | {sec:.2f} | {rel(out, ref_delta):.1e} |")
+
+
+def device_routes(args, taus, t64, k) -> None:
+    """The default routes on ``--device`` (a GPU: batched Gram products and ``eigh``) against the CPU references."""
+    from mdamerge.methods.linalg import batch_gram_eigh
+
+    dev = torch.device(args.device)
+    on_dev = [t.to(dev) for t in taus]
+    print(f"# {args.rows}x{args.cols}, T={args.tasks}, k={k}, device={dev}, batched Gram eigh: {batch_gram_eigh(dev)}")
+    print("| step | seconds (best of --repeat, after one warm-up) | worst rel. difference to dense float64 on CPU |")
+    print("|---|---|---|")
+    exact = [torch.linalg.svd(t, full_matrices=False) for t in t64]
+    ref = [(u[:, :k] * s[:k]) @ vh[:k] for u, s, vh in exact]
+    run = lambda: batched_top_k_svd([t.double() for t in on_dev], k)  # noqa: E731
+    run()  # warm-up: kernels, cuSOLVER handles
+    out, sec = timed(run, args.repeat, dev)
+    err = max(rel(((u * s) @ vh).double().cpu(), r) for (u, s, vh), r in zip(out, ref))
+    print(f"| top-k of the {args.tasks} task vectors (default route) | {sec:.3f} | {err:.1e} |")
+    for method in ("tsv", "mda", "iso_c", "iso_cts"):
+        merged(method, on_dev)  # warm-up
+        out, sec = timed(lambda: merged(method, on_dev), args.repeat, dev)
+        print(f"| {method} merge (default) | {sec:.3f} | {rel(out.cpu(), REFERENCES[method](taus)):.1e} |")
 
 
 if __name__ == "__main__":
