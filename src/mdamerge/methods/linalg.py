@@ -83,8 +83,8 @@ def _scipy():
 
 def gram64(b: torch.Tensor) -> torch.Tensor:
     """``b^T b`` in float64. On CPUs BLAS ``dsyrk`` computes one triangle: half the flops of a matmul."""
-    upper = gram64_upper(b)
-    return upper + upper.triu(1).mT if upper.device.type == "cpu" else upper
+    upper = gram64_upper(b).triu()  # full (torch) or upper-only (dsyrk): mirror the upper triangle either way
+    return upper + upper.triu(1).mT
 
 
 def gram64_upper(b: torch.Tensor) -> torch.Tensor:
@@ -282,27 +282,31 @@ def gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not top > 0:
         return None
     if vals[0] >= POLAR_RCOND * top:  # every direction accurate to eps64 cond^2 <= 1e-8: no split, no check
-        polar = b @ ((vecs * vals.rsqrt()) @ vecs.mT)  # small n x n product first
-        svals = vals.sqrt()
-    else:
-        tail = int((vals < POLAR_SPLIT * top).sum())
-        if tail > n // 2:
-            return None
-        head_s = vals[tail:].sqrt()
-        head_v, tail_v = vecs[:, tail:], vecs[:, :tail]
-        head_u = (b @ head_v) / head_s
-        y = b @ tail_v
-        for _ in range(2):  # twice is enough (Kahan): y must be orthogonal to the head to working accuracy
-            y = y - head_u @ (head_u.mT @ y)
-        w, tail_s, zh = torch.linalg.svd(y, full_matrices=False)
-        if not tail_s[-1] > RANK_RTOL * top.sqrt():
-            return None
-        polar = head_u @ head_v.mT + w @ (zh @ tail_v.mT)
-        defect = (polar.mT @ polar - torch.eye(n, dtype=polar.dtype, device=polar.device)).abs().max()
-        if not defect <= GRAM_ORTHO_TOL:
-            return None
-        svals = torch.cat([tail_s.flip(0), head_s])
+        polar = b @ _inverse_sqrt(vecs, vals.sqrt())
+        return (polar.mT if wide else polar), vals.sqrt()
+    tail = int((vals < POLAR_SPLIT * top).sum())
+    if tail > n // 2:
+        return None
+    head_s, head_v, tail_v = vals[tail:].sqrt(), vecs[:, tail:], vecs[:, :tail]
+    # U_h = b V_h / S_h is never formed: U_h^T y = S_h^-1 V_h^T (b^T y) and U_h c = b (V_h S_h^-1 c)
+    y = b @ tail_v
+    for _ in range(2):  # twice is enough (Kahan): y must be orthogonal to the head to working accuracy
+        coef = (head_v.mT @ (b.mT @ y)) / head_s[:, None]
+        y = y - b @ (head_v @ (coef / head_s[:, None]))
+    w, tail_s, zh = torch.linalg.svd(y, full_matrices=False)
+    if not tail_s[-1] > RANK_RTOL * top.sqrt():
+        return None
+    polar = b @ _inverse_sqrt(head_v, head_s) + w @ (zh @ tail_v.mT)
+    defect = (gram64_upper(polar) - torch.eye(n, dtype=polar.dtype, device=polar.device)).triu().abs().max()
+    if not defect <= GRAM_ORTHO_TOL:
+        return None
+    svals = torch.cat([tail_s.flip(0), head_s])
     return (polar.mT if wide else polar), svals
+
+
+def _inverse_sqrt(vecs: torch.Tensor, svals: torch.Tensor) -> torch.Tensor:
+    """``V diag(1/S) V^T`` (the inverse square root of a Gram matrix on span(V)) as one symmetric rank-k product."""
+    return gram64((vecs * svals.rsqrt()).mT)
 
 
 def etf_gram_operator(k: int, dtype=torch.float32, device=None) -> torch.Tensor:
