@@ -165,16 +165,11 @@ def top_k_svd_and_complement(a: torch.Tensor, k: int):
         return None
     b = a.mT.double()  # n x m, tall: its Gram b^T b = a a^T
     vals, vecs = full_eigh(gram64_upper(b), lower=False)  # ascending
-    top_vals, u = vals.flip(0)[:k], vecs.flip(1)[:, :k]
-    if not (top_vals[0] > 0 and top_vals[-1] >= GRAM_RCOND * top_vals[0]):
+    top = gram_top_k_svd(b, k, eig=(vals.flip(0)[:k], vecs.flip(1)[:, :k]))  # of b = a^T: (V_k, S_k, U_k^T)
+    if top is None:
         return None
-    s = top_vals.sqrt()
-    v = (b @ u) / s
-    defect = (v.mT @ v - torch.eye(k, dtype=v.dtype, device=v.device)).abs().max()
-    if not defect <= GRAM_ORTHO_TOL:
-        return None
-    complement = vecs[:, : m - k]
-    return u.to(a.dtype), s.to(a.dtype), v.mT.to(a.dtype), complement.to(a.dtype)
+    v, s, uh = top
+    return uh.mT.to(a.dtype), s.to(a.dtype), v.mT.to(a.dtype), vecs[:, : m - k].to(a.dtype)
 
 
 def projected_top_k_svd(a: torch.Tensor, basis: torch.Tensor, k: int):
