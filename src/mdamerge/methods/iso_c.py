@@ -7,8 +7,10 @@ their mean over all ``min(m, n)`` values, ``alpha * mean(S) U V^T``. Other tenso
 on validation data).
 
 ``U V^T`` is the polar factor of the sum and ``mean(S)`` the mean square root of its
-Gram eigenvalues: one float64 ``eigh`` of the small Gram matrix gives both, exactly
-(dense SVD when the sum is too ill-conditioned for that, see :func:`isotropic_polar`).
+Gram eigenvalues: one float64 ``eigh`` of the small Gram matrix gives both, exactly; the
+few tiny singular directions of an ill-conditioned sum (every square layer's, typically)
+come from a small dense SVD, and a zero or rank-deficient sum from the dense SVD
+(:func:`~mdamerge.methods.linalg.gram_polar`).
 """
 
 from __future__ import annotations
