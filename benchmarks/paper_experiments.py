@@ -51,12 +51,11 @@ from mdamerge.zoo.build import Zoo
 from mdamerge.zoo.tasks import resolve_tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adaptive_results import task_features  # noqa: E402  (the sibling benchmark's evaluation pass)
+# The sibling benchmark's evaluation pass, and its data-free parameters (the published defaults).
+from adaptive_results import DATA_FREE_PARAMS, overrides_note, task_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_BASED = ["adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot"]
-# The published defaults (as benchmarks/adaptive_results.py): FusionBench's 1.5 for Iso-C / Iso-CTS.
-DATA_FREE_PARAMS = {"iso_c": {"scaling": 1.5}, "iso_cts": {"scaling": 1.5}}
 MDA_DEFAULTS = {"etf_side": "left", "etf_over": "directions", "polar": True}
 SIGN_SCALINGS = (0.4, 0.5, 0.6, 0.8, 1.0)
 
@@ -408,6 +407,8 @@ def render_compute(d: dict) -> list[str]:
     lines += ["#### Compute", ""]
     lines += table(["method", "kind", "merge wall time (s)", "peak memory above start (MB)", "process peak (MB)",
                     "steps", "time per step (ms)", "setup (s)", "test acc. (%)"], rows)
+    note = overrides_note(d["rows"])
+    lines += [note[-1], ""] if note else []
     layers = d["layers"] + ["features"]
     lines += ["#### Delta_ETF and linear CKA with the fine-tuned models", "",
               f"Delta_ETF of the class-mean features (docs/diagnostics.md), mean over tasks. CKA: linear CKA between "
