@@ -14,9 +14,16 @@ Sections (each stored per suite in docs/paper_experiments.json, so they can be r
   LAPACK's raw / random / aligned signs on the zoo's layers and on synthetic 384- and
   768-wide layers, and the accuracy of each sign choice on validation and test (item 6);
 * ``sensitivity`` -- alpha / beta of MDA's feature alignment, with and without the
-  diversity term (item 5).
+  diversity term: the full 4 x 4 grid (``--sensitivity-grid full``) or one at a time (item 5);
+* ``ranks``    -- rank sweep of data-free MDA, scaling chosen on validation (item 5);
+* ``choice``   -- MDA's option set chosen by the mean validation average over every suite
+  whose option search is saved (docs/results.json: tasks8/14/20; docs/results_text.json:
+  text8), then confirmed against TSV-M and the fixed defaults on random task combinations
+  of tasks20 that no suite names (item 6). Stored under "across suites".
 
     python benchmarks/paper_experiments.py --suite tasks8 --sections compute,angles,unseen,defaults,signs --steps 100 --threads 1
+    python benchmarks/paper_experiments.py --sections choice --threads 1 --val-limit 250 --choice-subsets 3
+    python benchmarks/paper_experiments.py --suite text8 --sections ranks --threads 1
     python benchmarks/paper_experiments.py --render-only
 
 Suite-agnostic by construction: everything goes through a zoo object with the interface of
@@ -45,9 +52,8 @@ from mdamerge.diagnostics.alignment_angles import (
 from mdamerge.diagnostics.cka import block_names, cka_by_layer, layer_features
 from mdamerge.diagnostics.etf import class_means, delta_etf
 from mdamerge.diagnostics.task_vectors import default_k
-from mdamerge.evaluation.bench import data_free_methods, run_bench
+from mdamerge.evaluation.bench import MDA_OPTIONS, data_free_methods, run_bench
 from mdamerge.methods.linalg import polar_factor, rebuild
-from mdamerge.zoo.build import Zoo
 from mdamerge.zoo.tasks import resolve_tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -257,6 +263,120 @@ def section_defaults(zoo, suite, tasks, args) -> dict:
     return {"rows": rows, "val_limit": args.val_limit}
 
 
+# ---------------------------------------------------------------------------
+# Choosing MDA's options on all suites together (item 6)
+# ---------------------------------------------------------------------------
+ACROSS = "across suites"  # the store's key for sections that span suites
+CHOICE_SOURCES = ("docs/results.json", "docs/results_text.json")
+CHOICE_POOL = "tasks20"
+ACROSS_SECTIONS = ("choice",)
+
+
+def option_key(params: dict) -> str:
+    return ", ".join(f"{k}={params.get(k)}" for k in MDA_OPTIONS)
+
+
+def searched_results(paths) -> dict[str, dict]:
+    """``{suite: {"result": BenchResult, "source": path, "started": date}}`` of the saved benchmark pages.
+
+    docs/results.json (``python -m mdamerge.evaluation.results``) holds one result per vision
+    suite under ``suites``; docs/results_text.json (``python -m mdamerge.textzoo.results``)
+    one under ``result``. Only results whose MDA row kept its option search count.
+    """
+    from mdamerge.evaluation.bench import BenchResult
+
+    out = {}
+    for path in paths:
+        path = ROOT / path if not Path(path).is_absolute() else Path(path)
+        if not path.is_file():
+            log(f"choice: {path} not found, skipped")
+            continue
+        saved = json.loads(path.read_text())
+        found = saved.get("suites") or ({saved["result"]["suite"]: saved["result"]} if "result" in saved else {})
+        for suite, data in found.items():
+            result = BenchResult.from_dict(data)
+            if any(r.name == "mda" and len(r.trials) > 1 for r in result.rows):
+                out[suite] = {"result": result, "source": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+                              "started": saved.get("started", "?")}
+    return out
+
+
+def option_table(results: dict[str, dict]) -> dict[str, dict]:
+    """Per MDA option set: its best validation average (scaling chosen per suite) on each suite."""
+    from mdamerge.evaluation.bench import mda_option_summary
+
+    table_ = {}
+    for suite, entry in results.items():
+        for o in mda_option_summary(entry["result"]):
+            row = table_.setdefault(option_key(o), {"options": {k: o[k] for k in MDA_OPTIONS}, "suites": {}})
+            row["suites"][suite] = {"val": 100 * o["val_average"], "scaling": o["scaling"]}
+    complete = {k: v for k, v in table_.items() if len(v["suites"]) == len(results)}
+    for row in complete.values():
+        row["mean"] = sum(v["val"] for v in row["suites"].values()) / len(row["suites"])
+    return complete
+
+
+def confirmation_subsets(pool: list[str], size: int, count: int, seed: int, exclude: list[list[str]]) -> list[list[str]]:
+    """``count`` distinct random ``size``-task subsets of ``pool`` (in pool order), none equal to an excluded one."""
+    import random
+
+    rng, seen = random.Random(seed), {frozenset(e) for e in exclude}
+    out = []
+    for _ in range(1000):
+        if len(out) == count:
+            break
+        pick = frozenset(rng.sample(pool, size))
+        if pick not in seen:
+            seen.add(pick)
+            out.append([t for t in pool if t in pick])
+    return out
+
+
+def section_choice(zoo, suite, tasks, args) -> dict:
+    """Choose MDA's options by the mean validation average over every searched suite; confirm on new task sets."""
+    from mdamerge.zoo.tasks import SUITES
+
+    results = searched_results(args.choice_from.split(","))
+    if not results:
+        sys.exit(f"error: no saved MDA option search in {args.choice_from}; run `python -m mdamerge.evaluation.results` first")
+    options = option_table(results)
+    ranked = sorted(options.values(), key=lambda r: -r["mean"])
+    chosen = ranked[0]["options"]
+    pool = list(SUITES[CHOICE_POOL])
+    missing = zoo.missing(pool)
+    if missing:
+        sys.exit(f"error: the zoo at {zoo.root} lacks {', '.join(missing)}; run `mdamerge zoo build --suite {CHOICE_POOL}`")
+    subsets = confirmation_subsets(pool, args.choice_size, args.choice_subsets, args.seed,
+                                   exclude=[list(SUITES[s]) for s in SUITES if len(SUITES[s]) == args.choice_size])
+    confirm = []
+    for i, subset in enumerate(subsets):
+        common = dict(zoo=zoo, device=args.device, val_limit=args.val_limit, progress=False, build=False, log=None)
+        runs = [("tsv", "TSV-M", {}), ("mda", "MDA fixed defaults", dict(MDA_DEFAULTS))]
+        if chosen != MDA_DEFAULTS:
+            runs.append(("mda", "MDA all-suite choice", dict(chosen)))
+        if args.choice_search:
+            runs.append(("mda", "MDA searched on this subset", {}))
+        rows = []
+        for method, label, opts in runs:
+            start = time.perf_counter()
+            res = run_bench(subset, method, method_options={method: opts} if opts else None, **common)
+            r = res.row(method)
+            rows.append({"label": label, "params": r.params, "val": 100 * r.val_average, "test": 100 * r.average,
+                         "per_task": {t: round(100 * a, 2) for t, a in r.accuracies.items()},
+                         "seconds": time.perf_counter() - start})
+            log(f"[choice] subset {i}: {label} val {rows[-1]['val']:.2f} test {rows[-1]['test']:.2f} ({r.params})")
+        confirm.append({"tasks": subset, "rows": rows})
+    tsv_val = {}
+    for s, e in results.items():
+        r = next((r for r in e["result"].rows if r.name == "tsv" and r.val_average is not None), None)
+        if r is not None:
+            tsv_val[s] = {"val": 100 * r.val_average, "scaling": r.params.get("scaling")}
+    return {"tsv_val": tsv_val, "sources": {s: {"source": e["source"], "started": e["started"],
+                            "val_limit": e["result"].meta.get("val_limit")} for s, e in results.items()},
+            "options": ranked, "chosen": chosen, "defaults": dict(MDA_DEFAULTS), "confirm": confirm,
+            "pool": CHOICE_POOL, "size": args.choice_size, "seed": args.seed, "val_limit": args.val_limit}
+
+
 def synthetic_task_vectors(t: int, d: int, seed: int) -> list[torch.Tensor]:
     """``t`` d x d task vectors: a shared low-rank part plus task-specific parts, power-law spectra (s_i ~ i^-1)."""
     g = torch.Generator().manual_seed(seed)
@@ -350,27 +470,119 @@ def tsv_delta(deltas: list[torch.Tensor], k: int) -> torch.Tensor:
     return rebuild(polar_factor(u), s, polar_factor(v))
 
 
+RANK_FRACTIONS = ("0.01", "0.1", "1/T", "0.5")
+
+
+def rank_fraction(label: str, t: int) -> float:
+    return 1.0 / t if label == "1/T" else float(label)
+
+
+def section_ranks(zoo, suite, tasks, args) -> dict:
+    """Rank sweep of data-free MDA (fixed default options): k = fraction x min(m, n) per task, scaling on validation."""
+    rows = []
+    common = dict(zoo=zoo, device=args.device, val_limit=args.val_limit, progress=False, build=False)
+    for label in RANK_FRACTIONS:
+        start = time.perf_counter()
+        options = {"mda": {**MDA_DEFAULTS, "rank_fraction": rank_fraction(label, len(tasks))}}
+        r = run_bench(suite, "mda", method_options=options, **common).row("mda")
+        rows.append({"k": label, "params": {"scaling": r.params.get("scaling")}, "val": 100 * r.val_average,
+                     "test": 100 * r.average, "seconds": time.perf_counter() - start,
+                     "per_task": {t: round(100 * a, 2) for t, a in r.accuracies.items()}})
+        log(f"[{suite}] ranks k={label}: val {rows[-1]['val']:.2f} test {rows[-1]['test']:.2f}")
+    res = run_bench(suite, "tsv", **common)
+    r = res.row("tsv")
+    return {"rows": rows, "tsv": {"params": r.params, "val": 100 * r.val_average, "test": 100 * r.average},
+            "val_limit": args.val_limit, "pretrained": 100 * res.row("pretrained").average,
+            "finetuned": 100 * res.row("fine-tuned").average}
+
+
+def render_ranks(d: dict) -> list[str]:
+    lines = [f"Data-free MDA with its fixed default options, k = fraction x min(m, n) triplets per task (1/T is the "
+             f"default), scaling chosen on validation (first {d['val_limit']} examples per task); TSV-M (default k, "
+             f"scaling on validation) for reference. Pretrained {d['pretrained']:.2f}%, fine-tuned {d['finetuned']:.2f}%.", ""]
+    rows = [[f"MDA k = {r['k']}", r["params"]["scaling"], fmt(r["val"]), fmt(r["test"]), fmt(r["seconds"], 0)]
+            for r in d["rows"]]
+    rows.append(["TSV-M", d["tsv"]["params"].get("scaling"), fmt(d["tsv"]["val"]), fmt(d["tsv"]["test"]), "-"])
+    lines += table(["row", "scaling", "val avg (%)", "test avg (%)", "wall time (s)"], rows)
+    return lines
+
+
+def ranks_statement(k: dict) -> str:
+    best = max(k["rows"], key=lambda r: r["val"])
+    default = next(r for r in k["rows"] if r["k"] == "1/T")
+    tests = ", ".join(f"k={r['k']} {r['test']:.1f}%" for r in k["rows"])
+    return (f"- **Rank sweep** (data-free MDA, scaling on validation): test {tests}; TSV-M {k['tsv']['test']:.1f}%. "
+            f"Validation picks k={best['k']} ({best['test']:.1f}% on test); the default k = 1/T tests "
+            f"{default['test'] - k['tsv']['test']:+.1f} points from TSV-M.")
+
+
+ALPHAS, BETAS = (0.0, 0.4, 0.8, 1.6), (0.0, 0.2, 1.0, 5.0)
+
+
+def sensitivity_configs(grid: str) -> list[tuple[float, float]]:
+    """(alpha, beta) pairs: the full 4 x 4 grid, or one at a time around alpha = 0.8, beta = 0.2 ("axes")."""
+    if grid == "full":
+        return [(a, b) for a in ALPHAS for b in BETAS]
+    return [(a, 0.2) for a in ALPHAS] + [(0.8, b) for b in BETAS if b != 0.2]
+
+
+def reusable_rows(previous: dict | None, method: str, steps: int, fingerprint: str) -> dict[tuple, dict]:
+    """Stored rows of an earlier run with the same method, steps and zoo, by (alpha, beta, diversity)."""
+    if not previous or previous.get("method") != method or previous.get("steps") != steps \
+            or previous.get("zoo_fingerprint") != fingerprint:
+        return {}
+    return {(r["alpha"], r["beta"], r["diversity"]): r for r in previous["rows"]}
+
+
 def section_sensitivity(zoo, suite, tasks, args) -> dict:
+    """alpha x beta (x diversity on / off) of MDA's feature alignment.
+
+    With ``--sensitivity-reuse``, configurations already stored from an earlier run with the
+    same method, steps and zoo are taken from it; the first reused one is run again and the
+    two accuracies are recorded (the training is seeded, so they should agree at the same
+    torch thread count).
+    """
     from mdamerge.adaptation import ADAPTIVE_METHODS
 
     evaluate = Evaluator(zoo, tasks, args.device, cka_samples=0)
-    configs = [(a, 0.2) for a in (0.0, 0.4, 0.8, 1.6)] + [(0.8, b) for b in (0.0, 1.0, 5.0)]
-    rows = []
+    previous = reusable_rows(getattr(args, "previous", None), args.sensitivity_method, args.sensitivity_steps,
+                             zoo.settings.fingerprint()) if args.sensitivity_reuse else {}
+    rows, recheck = [], None
+
+    def run(alpha, beta, diversity):
+        start = time.perf_counter()
+        result = ADAPTIVE_METHODS[args.sensitivity_method](
+            zoo, tasks, device=args.device, seed=args.seed, steps=args.sensitivity_steps, progress=False,
+            alpha=alpha, beta=beta, diversity=diversity)
+        per_task = evaluate(result.state_dict, result.feature_transforms, cka=False)
+        return {**summarise(args.sensitivity_method, "variant", per_task), "alpha": alpha, "beta": beta,
+                "diversity": diversity, "seconds": time.perf_counter() - start}
+
     for diversity in (1.0, 0.0):
-        for alpha, beta in configs:
-            start = time.perf_counter()
-            result = ADAPTIVE_METHODS[args.sensitivity_method](
-                zoo, tasks, device=args.device, seed=args.seed, steps=args.sensitivity_steps, progress=False,
-                alpha=alpha, beta=beta, diversity=diversity)
-            per_task = evaluate(result.state_dict, result.feature_transforms, cka=False)
-            rows.append({**summarise(args.sensitivity_method, "variant", per_task), "alpha": alpha, "beta": beta,
-                         "diversity": diversity, "seconds": time.perf_counter() - start})
-            log(f"[{suite}] sensitivity alpha={alpha} beta={beta} diversity={diversity}: {rows[-1]['acc']:.2f}%")
-    return {"rows": rows, "method": args.sensitivity_method, "steps": args.sensitivity_steps}
+        for alpha, beta in sensitivity_configs(args.sensitivity_grid):
+            old = previous.get((alpha, beta, diversity))
+            if old is not None and recheck is None:
+                fresh = run(alpha, beta, diversity)
+                recheck = {"alpha": alpha, "beta": beta, "diversity": diversity, "stored": old["acc"],
+                           "rerun": fresh["acc"], "stored_date": previous_date(args)}
+                rows.append(fresh)
+            elif old is not None:
+                rows.append({**old, "reused": True})
+            else:
+                rows.append(run(alpha, beta, diversity))
+            log(f"[{suite}] sensitivity alpha={alpha} beta={beta} diversity={diversity}: {rows[-1]['acc']:.2f}%"
+                + (" (stored)" if rows[-1].get("reused") else ""))
+    return {"rows": rows, "method": args.sensitivity_method, "steps": args.sensitivity_steps,
+            "grid": args.sensitivity_grid, "recheck": recheck}
+
+
+def previous_date(args) -> str:
+    return (getattr(args, "previous", None) or {}).get("date", "?")
 
 
 SECTIONS = {"compute": section_compute, "angles": section_angles, "unseen": section_unseen,
-            "defaults": section_defaults, "signs": section_signs, "sensitivity": section_sensitivity}
+            "defaults": section_defaults, "signs": section_signs, "sensitivity": section_sensitivity,
+            "choice": section_choice, "ranks": section_ranks}
 
 
 # ---------------------------------------------------------------------------
@@ -473,13 +685,118 @@ def render_signs(d: dict) -> list[str]:
 
 
 def render_sensitivity(d: dict) -> list[str]:
-    lines = [f"{d['method']}, {d['steps']} steps, test accuracy (%); one setting varied at a time "
-             "around alpha = 0.8, beta = 0.2 (not the full 4 x 4 grid).", ""]
+    rows = d["rows"]
+    grid = d.get("grid", "axes")
+    acc = {(r["alpha"], r["beta"], r["diversity"]): r["acc"] for r in rows}
+    lines = [f"{d['method']}, {d['steps']} steps, test accuracy (%), "
+             + ("the full 4 x 4 alpha x beta grid, with and without the diversity term."
+                if grid == "full" else "one setting varied at a time around alpha = 0.8, beta = 0.2 (not the full grid)."), ""]
+    reused = sum(1 for r in rows if r.get("reused"))
+    rc = d.get("recheck")
+    if reused:
+        lines += [f"{reused} of the {len(rows)} cells are stored results of the earlier one-at-a-time run "
+                  f"({rc['stored_date'] if rc else '?'}, same method, steps and zoo); the rest ran in this one."
+                  + (f" Reproducibility check: alpha={rc['alpha']}, beta={rc['beta']}, diversity={rc['diversity']} "
+                     f"rerun gives {rc['rerun']:.2f}% against the stored {rc['stored']:.2f}%." if rc else ""), ""]
+    if grid == "full":
+        for diversity, title in ((1.0, "with the diversity term (gamma = 1)"), (0.0, "without it (gamma = 0)")):
+            lines += [f"Test accuracy (%), {title}; rows alpha, columns beta:", ""]
+            lines += table(["alpha \\ beta", *[str(b) for b in BETAS]],
+                           [[str(a), *[fmt(acc.get((a, b, diversity))) for b in BETAS]] for a in ALPHAS])
+        return lines
     lines += table(["alpha", "beta", "with diversity (gamma=1)", "without diversity (gamma=0)"],
-                   [[r["alpha"], r["beta"], fmt(r["acc"]), fmt(other["acc"])]
-                    for r in d["rows"] if r["diversity"] == 1.0
-                    for other in d["rows"] if other["diversity"] == 0.0 and other["alpha"] == r["alpha"] and other["beta"] == r["beta"]])
+                   [[a, b, fmt(acc.get((a, b, 1.0))), fmt(acc.get((a, b, 0.0)))]
+                    for a, b in sensitivity_configs("axes")])
     return lines
+
+
+def short_tasks(tasks: list[str]) -> str:
+    return ", ".join(tasks)
+
+
+def choice_confirm_diffs(d: dict, label: str) -> list[float]:
+    out = []
+    for c in d["confirm"]:
+        rows = {r["label"]: r for r in c["rows"]}
+        if label in rows and "TSV-M" in rows:
+            out.append(rows[label]["test"] - rows["TSV-M"]["test"])
+    return out
+
+
+def render_choice(d: dict) -> list[str]:
+    suites = list(d["sources"])
+    src = "; ".join(f"{s} from {e['source']} (run started {e['started']}, first {e['val_limit']} validation examples "
+                    f"per task)" for s, e in d["sources"].items())
+    lines = [f"Validation averages of MDA's saved option searches: {src}. **Rule**: each of the {len(d['options'])} "
+             "option sets keeps its best scaling on each suite (the benchmark's search), its validation averages "
+             "are averaged over the suites with equal weight, and the highest mean is the all-suite choice. "
+             "TSV-M's row (scaling chosen on validation, same runs) is the reference.", ""]
+    tsv = d.get("tsv_val", {})
+    rows = []
+    if tsv:
+        rows.append(["**TSV-M (reference)**", *[f"{fmt(tsv[s]['val'])} ({tsv[s]['scaling']})" for s in suites],
+                     fmt(sum(tsv[s]["val"] for s in suites) / len(suites)), "-"])
+    for rank, o in enumerate(d["options"], 1):
+        name = option_key(o["options"])
+        if o["options"] == d["defaults"]:
+            name += " **(fixed defaults)**"
+        if o["options"] == d["chosen"]:
+            name += " **(all-suite choice)**"
+        rows.append([name, *[f"{fmt(o['suites'][s]['val'])} ({o['suites'][s]['scaling']})" for s in suites],
+                     fmt(o["mean"]), rank])
+    lines += table(["option set", *[f"{s} val % (scaling)" for s in suites], "mean", "rank"], rows)
+    lines += [f"Confirmation on {len(d['confirm'])} random {d['size']}-task subsets of {d['pool']} (Python "
+              f"`random.Random({d['seed']})`, none equal to a named suite): each row's scaling (and only the scaling) "
+              f"chosen on the subset's validation data (first {d['val_limit']} examples per task), test on all. "
+              f"Caveat: these task *combinations* were not used for choosing, but every task is in {d['pool']}, which "
+              "was; the zoo has no other vision tasks.", ""]
+    trows = []
+    for i, c in enumerate(d["confirm"], 1):
+        ref = next(r for r in c["rows"] if r["label"] == "TSV-M")
+        for r in c["rows"]:
+            trows.append([f"{i}: {short_tasks(c['tasks'])}" if r is c["rows"][0] else f"{i}", r["label"],
+                          ", ".join(f"{k}={v}" for k, v in r["params"].items()), fmt(r["val"]), fmt(r["test"]),
+                          "-" if r is ref else f"{r['test'] - ref['test']:+.2f}"])
+    lines += table(["subset", "row", "chosen on validation", "val avg (%)", "test avg (%)", "test - TSV-M"], trows)
+    return lines
+
+
+def choice_statement(d: dict) -> str:
+    suites = ", ".join(d["sources"])
+    top, n = d["options"][0], len(d["options"])
+    fixed = next((o for o in d["options"] if o["options"] == d["defaults"]), None)
+    rank = d["options"].index(fixed) + 1 if fixed else None
+    tsv = d.get("tsv_val", {})
+    text = (f"- **MDA's options chosen on all suites together** (mean validation average over {suites}, scaling chosen "
+            f"per suite): {option_key(top['options'])} (mean {top['mean']:.2f}%)")
+    if fixed:
+        text += (f"; the fixed defaults rank {rank} of {n} ({fixed['mean']:.2f}%, {fixed['mean'] - top['mean']:+.2f})"
+                 if fixed is not top else "; that is the fixed defaults")
+    spread = top["mean"] - d["options"][-1]["mean"]
+    text += f"; the {n} option sets' means span {spread:.2f} points"
+    gap = None
+    if tsv and len(tsv) == len(d["sources"]):
+        tsv_mean = sum(v["val"] for v in tsv.values()) / len(tsv)
+        gap = top["mean"] - tsv_mean
+        text += f", TSV-M's mean is {tsv_mean:.2f}% (best option set {gap:+.2f})"
+    text += "."
+    parts = []
+    for label in ("MDA fixed defaults", "MDA all-suite choice", "MDA searched on this subset"):
+        diffs = choice_confirm_diffs(d, label)
+        if diffs:
+            mean = sum(diffs) / len(diffs)
+            parts.append(f"{label} {', '.join(f'{x:+.2f}' for x in diffs)} (mean {mean:+.2f})")
+    if parts:
+        text += (f" On {len(d['confirm'])} {d['size']}-task combinations not used for choosing, test minus TSV-M: "
+                 + "; ".join(parts) + ".")
+    diffs = choice_confirm_diffs(d, "MDA all-suite choice") or choice_confirm_diffs(d, "MDA fixed defaults")
+    separates = (gap is not None and gap > 0.5 and diffs and all(x > 0.5 for x in diffs))
+    text += (" **Plain statement: no MDA option set separates from TSV-M beyond noise** (a separation would need more "
+             "than half a point on validation over the suites and on test on every new combination)."
+             if not separates else
+             " One option set beats TSV-M by more than half a point on validation over the suites and on test on "
+             "every new combination.")
+    return text
 
 
 RENDER = {"compute": ("Compute, Delta_ETF and CKA (items 3, 4)", render_compute),
@@ -487,7 +804,10 @@ RENDER = {"compute": ("Compute, Delta_ETF and CKA (items 3, 4)", render_compute)
           "unseen": ("Generalisation to unseen tasks (item 1)", render_unseen),
           "defaults": ("MDA's fixed defaults and the validation search (item 6)", render_defaults),
           "signs": ("Sign convention of the ETF step (item 6)", render_signs),
-          "sensitivity": ("Loss-weight sensitivity of the feature alignment (item 5)", render_sensitivity)}
+          "sensitivity": ("Loss-weight sensitivity of the feature alignment (item 5)", render_sensitivity),
+          "ranks": ("Rank sweep of data-free MDA (item 5)", render_ranks),
+          "choice": ("MDA's options chosen on all suites together, confirmed on new task combinations (item 6)",
+                     render_choice)}
 
 
 def statements(sections: dict) -> list[str]:
@@ -599,13 +919,21 @@ def statements(sections: dict) -> list[str]:
                      if abs(far["val"] - tsv["val"]) <= 0.5 else
                      f"{far['variant']} differs from TSV-M by more than half a point on validation; check its test row.")
         out.append(text)
+    k = sections.get("ranks")
+    if k:
+        out.append(ranks_statement(k))
+    ch = sections.get("choice")
+    if ch:
+        out.append(choice_statement(ch))
     z = sections.get("sensitivity")
     if z:
         with_d = [r["acc"] for r in z["rows"] if r["diversity"] == 1.0]
         without = [r["acc"] for r in z["rows"] if r["diversity"] == 0.0]
         if with_d and without:
             out.append(
-                f"- **Loss weights** ({z['method']}, {z['steps']} steps, alpha and beta varied one at a time): with the "
+                f"- **Loss weights** ({z['method']}, {z['steps']} steps, "
+                + ("the full 4 x 4 alpha x beta grid" if z.get("grid") == "full" else "alpha and beta varied one at a time")
+                + "): with the "
                 f"diversity term the test accuracy spans {min(with_d):.1f}-{max(with_d):.1f}% over alpha in "
                 "{0, 0.4, 0.8, 1.6} and beta in {0, 0.2, 1, 5}; without it "
                 f"{min(without):.1f}-{max(without):.1f}%. The diversity term moves accuracy by about "
@@ -626,7 +954,7 @@ def render(store: dict) -> str:
              "choosing MDA's defaults on all suites together and confirming them on task combinations not used to "
              "choose them (needs the tasks14/tasks20 zoos in the same run), the full 4 x 4 alpha/beta grid and the "
              "text suite (the sections take any suite that `open_suite()` knows).", ""]
-    for suite, sections in store.items():
+    for suite, sections in sorted(store.items(), key=lambda item: item[0] == ACROSS):  # the cross-suite part last
         lines += [f"## {suite}", "", "### Plain statements", "", *statements(sections), ""]
         for key, (title, fn) in RENDER.items():
             if key not in sections:
@@ -662,6 +990,16 @@ def main(argv=None) -> None:
     parser.add_argument("--sign-seeds", type=int, default=2, help="random sign patterns evaluated for accuracy")
     parser.add_argument("--sensitivity-method", default="mda_ta")
     parser.add_argument("--sensitivity-steps", type=int, default=50)
+    parser.add_argument("--sensitivity-grid", choices=("full", "axes"), default="full",
+                        help="full: the 4 x 4 alpha x beta grid; axes: one at a time around alpha 0.8, beta 0.2")
+    parser.add_argument("--sensitivity-reuse", action="store_true",
+                        help="take configurations stored by an earlier run (same method, steps, zoo); one is rerun as a check")
+    parser.add_argument("--choice-from", default=",".join(CHOICE_SOURCES),
+                        help="saved benchmark results whose MDA option searches the choice section averages")
+    parser.add_argument("--choice-size", type=int, default=8, help="tasks per confirmation subset")
+    parser.add_argument("--choice-subsets", type=int, default=3, help="random confirmation subsets of tasks20")
+    parser.add_argument("--choice-search", action="store_true",
+                        help="also run the 12-option validation search on each confirmation subset")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--zoo-root", default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -676,21 +1014,29 @@ def main(argv=None) -> None:
     store_path = out.with_suffix(".json")
     store = json.loads(store_path.read_text()) if store_path.exists() else {}
     if not args.render_only:
-        zoo, tasks = open_suite(args.suite, args.zoo_root)
-        for key in [s for s in args.sections.split(",") if s]:
-            if key not in SECTIONS:
-                sys.exit(f"error: unknown section '{key}'; choose from {', '.join(SECTIONS)}")
+        keys = [s for s in args.sections.split(",") if s]
+        unknown = [k for k in keys if k not in SECTIONS]
+        if unknown:
+            sys.exit(f"error: unknown section '{unknown[0]}'; choose from {', '.join(SECTIONS)}")
+        opened = {}
+        for key in keys:
+            # cross-suite sections work on the pool suite's zoo and are stored under ACROSS
+            suite = CHOICE_POOL if key in ACROSS_SECTIONS else args.suite
+            if suite not in opened:
+                opened[suite] = open_suite(suite, args.zoo_root)
+            zoo, tasks = opened[suite]
+            args.previous = store.get(ACROSS if key in ACROSS_SECTIONS else suite, {}).get(key)
             load_before, start = load_average(), time.perf_counter()
-            data = SECTIONS[key](zoo, args.suite, tasks, args)
+            data = SECTIONS[key](zoo, suite, tasks, args)
             data.update({
                 "command": section_command(args, key), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
                 "load_before": load_before, "load_after": load_average(), "seconds": time.perf_counter() - start,
                 "zoo_fingerprint": zoo.settings.fingerprint(),
             })
-            store.setdefault(args.suite, {})[key] = data
+            store.setdefault(ACROSS if key in ACROSS_SECTIONS else args.suite, {})[key] = data
             store_path.write_text(json.dumps(store, indent=1) + "\n")  # after each section: a crash keeps what is done
-            log(f"[{args.suite}] section {key} done in {data['seconds']:.0f}s")
+            log(f"[{suite}] section {key} done in {data['seconds']:.0f}s")
     out.write_text(render(store))
     print(f"wrote {out}")
 
@@ -698,16 +1044,17 @@ def main(argv=None) -> None:
 def open_suite(suite: str, zoo_root: str | None):
     """``(zoo, tasks)`` of a suite: the one place that knows which zoo serves which suite.
 
-    The vision suites (tiny3, tasks8/14/20) live in :class:`mdamerge.zoo.build.Zoo`. Another
-    suite (e.g. a text suite) plugs in here with any zoo object offering ``base_state_dict``,
-    ``finetuned_state_dict``, ``task_data``, ``head``, ``load_backbone``, ``missing`` and
-    ``settings.fingerprint()``, and a ``run_bench`` that accepts it; the sections need nothing else.
+    The vision suites (tiny3, tasks8/14/20) live in :class:`mdamerge.zoo.build.Zoo`, the text
+    suites (text8, text2) in its subclass ``TextZoo``; ``zoo_for_tasks`` picks by the tasks.
+    A section needs ``base_state_dict``, ``finetuned_state_dict``, ``task_data``, ``head``,
+    ``load_backbone``, ``missing`` and ``settings.fingerprint()``, and ``run_bench``.
     """
+    from mdamerge.zoo.build import zoo_for_tasks
     from mdamerge.zoo.tasks import SUITES
 
     if suite not in SUITES:
-        sys.exit(f"error: suite '{suite}' has no zoo here (vision suites: {', '.join(SUITES)}); add it to open_suite()")
-    zoo = Zoo(zoo_root)
+        sys.exit(f"error: unknown suite '{suite}' (suites: {', '.join(SUITES)})")
+    zoo = zoo_for_tasks(suite, root=zoo_root)  # the vision Zoo or the text zoo (TextZoo), by the suite's tasks
     tasks = resolve_tasks(suite)
     missing = zoo.missing(tasks)
     if missing:
@@ -724,14 +1071,26 @@ def section_command(args, key: str) -> str:
             parts.append(f"--data-based {','.join(args.data_based)}")
     if key == "unseen":
         parts.append(f"--unseen {args.unseen}")
-    if key in ("unseen", "defaults", "signs"):
+    if key in ("unseen", "defaults", "signs", "ranks"):
         parts.append(f"--val-limit {args.val_limit}")
     if key == "compute":
         parts.append(f"--cka-samples {args.cka_samples}")
     if key == "signs":
         parts.append(f"--sign-seeds {args.sign_seeds}")
+    if key == "choice":
+        parts = ["python benchmarks/paper_experiments.py", f"--sections {key}", f"--threads {args.threads}",
+                 f"--val-limit {args.val_limit}", f"--choice-subsets {args.choice_subsets}"]
+        if args.choice_size != 8:
+            parts.append(f"--choice-size {args.choice_size}")
+        if args.choice_search:
+            parts.append("--choice-search")
+        if args.choice_from != ",".join(CHOICE_SOURCES):
+            parts.append(f"--choice-from {args.choice_from}")
+        if args.seed:
+            parts.append(f"--seed {args.seed}")
     if key == "sensitivity":
-        parts.append(f"--sensitivity-method {args.sensitivity_method} --sensitivity-steps {args.sensitivity_steps}")
+        parts.append(f"--sensitivity-method {args.sensitivity_method} --sensitivity-steps {args.sensitivity_steps} "
+                     f"--sensitivity-grid {args.sensitivity_grid}" + (" --sensitivity-reuse" if args.sensitivity_reuse else ""))
     if args.device != "cpu":
         parts.append(f"--device {args.device}")
     return " ".join(parts)

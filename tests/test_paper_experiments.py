@@ -1,0 +1,127 @@
+"""The bookkeeping of benchmarks/paper_experiments.py: choosing MDA's options across suites,
+the confirmation subsets, the sensitivity grid and its reuse of stored cells (no zoo needed)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import paper_experiments as pe  # noqa: E402
+from adaptive_results import overrides_note  # noqa: E402
+
+from mdamerge.evaluation.bench import MDA_OPTIONS, BenchResult, Row, Trial  # noqa: E402
+
+OPTION_SETS = [dict(zip(MDA_OPTIONS, combo)) for combo in itertools.product(*MDA_OPTIONS.values())]
+
+
+def fake_result(suite: str, score, tsv_val: float) -> BenchResult:
+    """A saved benchmark whose MDA search gave ``score(options, scaling)`` for each option set and scaling."""
+    trials = [Trial({**o, "scaling": s}, score(o, s)) for o in OPTION_SETS for s in (0.6, 1.0)]
+    rows = [Row("fine-tuned", "reference", {"a": 0.9, "b": 0.9}),
+            Row("tsv", "data-free", {"a": 0.7}, params={"scaling": 0.6}, val_average=tsv_val),
+            Row("mda", "data-free", {"a": 0.7}, params={**OPTION_SETS[0], "scaling": 0.6}, trials=trials)]
+    return BenchResult(suite, ["a", "b"], rows, {"val_limit": 250})
+
+
+def test_option_table_averages_each_option_sets_best_scaling_over_the_suites(tmp_path):
+    # suite A prefers scaling 0.6 and right-side sets; suite B prefers 1.0 and 'tasks' sets
+    a = fake_result("tasks8", lambda o, s: 0.70 + (0.02 if o["etf_side"] == "right" else 0) + (0.01 if s == 0.6 else 0), 0.7)
+    b = fake_result("tasks14", lambda o, s: 0.60 + (0.05 if o["etf_over"] == "tasks" else 0) + (0.01 if s == 1.0 else 0), 0.6)
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"started": "then", "suites": {"tasks8": a.to_dict(), "tasks14": b.to_dict()}}))
+    results = pe.searched_results([str(saved)])
+    assert set(results) == {"tasks8", "tasks14"} and results["tasks8"]["started"] == "then"
+    table = pe.option_table(results)
+    assert len(table) == len(OPTION_SETS) == 12
+    row = table[pe.option_key({"etf_side": "right", "etf_over": "tasks", "polar": True})]
+    assert row["suites"]["tasks8"] == {"val": 100 * 0.73, "scaling": 0.6}
+    assert row["suites"]["tasks14"] == {"val": 100 * 0.66, "scaling": 1.0}
+    assert abs(row["mean"] - (73 + 66) / 2) < 1e-9
+    best = max(table.values(), key=lambda r: r["mean"])
+    assert best["options"]["etf_side"] == "right" and best["options"]["etf_over"] == "tasks"
+
+
+def test_searched_results_skips_results_without_an_mda_search(tmp_path):
+    r = fake_result("text8", lambda o, s: 0.5, 0.5)
+    r.rows[2].trials = r.rows[2].trials[:1]  # MDA run with fixed options: nothing to choose from
+    saved = tmp_path / "results_text.json"
+    saved.write_text(json.dumps({"started": "now", "result": r.to_dict()}))
+    assert pe.searched_results([str(saved), str(tmp_path / "missing.json")]) == {}
+
+
+def test_confirmation_subsets_are_distinct_new_and_in_pool_order():
+    pool = [f"t{i}" for i in range(20)]
+    named = pool[:8]
+    subsets = pe.confirmation_subsets(pool, 8, 3, seed=0, exclude=[named])
+    assert len(subsets) == 3 and len({frozenset(s) for s in subsets}) == 3
+    for s in subsets:
+        assert len(s) == 8 and set(s) <= set(pool) and set(s) != set(named)
+        assert s == sorted(s, key=pool.index)
+    assert subsets == pe.confirmation_subsets(pool, 8, 3, seed=0, exclude=[named])  # fixed seed, same draw
+    assert subsets != pe.confirmation_subsets(pool, 8, 3, seed=1, exclude=[named])
+    # a pool with only the excluded combination left yields nothing rather than looping forever
+    assert pe.confirmation_subsets(named, 8, 2, seed=0, exclude=[named]) == []
+
+
+def choice_data(option_means: list[float], tsv_val: float, confirm_diffs: list[float]) -> dict:
+    defaults = dict(pe.MDA_DEFAULTS)
+    options = [{"options": dict(o), "suites": {"tasks8": {"val": m, "scaling": 0.6}}, "mean": m}
+               for o, m in zip(OPTION_SETS, option_means)]
+    options.sort(key=lambda o: -o["mean"])
+    confirm = [{"tasks": ["a"], "rows": [{"label": "TSV-M", "params": {}, "val": 70.0, "test": 70.0},
+                                         {"label": "MDA fixed defaults", "params": {}, "val": 70.0, "test": 70.0 + d}]}
+               for d in confirm_diffs]
+    return {"options": options, "chosen": options[0]["options"], "defaults": defaults, "confirm": confirm,
+            "sources": {"tasks8": {"source": "x", "started": "y", "val_limit": 250}}, "size": 8, "pool": "tasks20",
+            "seed": 0, "val_limit": 250, "tsv_val": {"tasks8": {"val": tsv_val, "scaling": 0.6}}}
+
+
+def test_choice_statement_says_plainly_whether_an_option_set_separates_from_tsv():
+    tie = pe.choice_statement(choice_data([78.2] + [78.0] * 11, 78.1, [0.1, -0.2, 0.0]))
+    assert "no MDA option set separates from TSV-M beyond noise" in tie
+    assert "+0.10, -0.20, +0.00 (mean -0.03)" in tie
+    # more than half a point on validation but not on every new combination: still no separation
+    mixed = pe.choice_statement(choice_data([79.0] + [78.0] * 11, 78.1, [0.9, 0.2, 0.8]))
+    assert "no MDA option set separates" in mixed
+    clear = pe.choice_statement(choice_data([79.0] + [78.0] * 11, 78.1, [0.9, 0.7, 0.8]))
+    assert "no MDA option set separates" not in clear and "beats TSV-M by more than half a point" in clear
+
+
+def test_sensitivity_grid_is_the_full_4_by_4_and_axes_the_one_at_a_time_cross():
+    full = pe.sensitivity_configs("full")
+    assert len(full) == len(set(full)) == 16
+    assert set(full) == set(itertools.product((0.0, 0.4, 0.8, 1.6), (0.0, 0.2, 1.0, 5.0)))
+    axes = pe.sensitivity_configs("axes")
+    assert len(axes) == len(set(axes)) == 7 and set(axes) <= set(full)
+    assert all(a == 0.8 or b == 0.2 for a, b in axes)
+
+
+def test_stored_sensitivity_cells_are_reused_only_for_the_same_method_steps_and_zoo():
+    previous = {"method": "mda_ta", "steps": 50, "zoo_fingerprint": "abc",
+                "rows": [{"alpha": 0.8, "beta": 0.2, "diversity": 1.0, "acc": 80.0}]}
+    assert pe.reusable_rows(previous, "mda_ta", 50, "abc") == {(0.8, 0.2, 1.0): previous["rows"][0]}
+    assert pe.reusable_rows(previous, "mda_ta", 100, "abc") == {}
+    assert pe.reusable_rows(previous, "mda_feature", 50, "abc") == {}
+    assert pe.reusable_rows(previous, "mda_ta", 50, "other zoo") == {}
+    assert pe.reusable_rows(None, "mda_ta", 50, "abc") == {}
+
+
+def test_full_grid_renders_one_alpha_by_beta_table_per_diversity_setting():
+    rows = [{"alpha": a, "beta": b, "diversity": g, "acc": 70 + 10 * g + a + b / 10}
+            for g in (1.0, 0.0) for a, b in pe.sensitivity_configs("full")]
+    text = "\n".join(pe.render_sensitivity({"rows": rows, "method": "mda_ta", "steps": 50, "grid": "full"}))
+    assert text.count("| alpha \\ beta | 0.0 | 0.2 | 1.0 | 5.0 |") == 2
+    assert "| 1.6 | 81.60 | 81.62 | 81.70 | 82.10 |" in text  # gamma = 1, alpha = 1.6
+    assert "| 0.0 | 70.00 | 70.02 | 70.10 | 70.50 |" in text  # gamma = 0, alpha = 0
+
+
+def test_overrides_note_names_only_rows_that_left_their_defaults():
+    rows = [{"method": "tsv", "kind": "data-free", "params": {}},
+            {"method": "iso_c", "kind": "data-free", "params": {"scaling": 1.5}},
+            {"method": "mda_ta", "kind": "data-based", "params": {"steps": 100}}]
+    note = " ".join(overrides_note(rows))
+    assert "iso_c scaling=1.5" in note and "tsv" not in note and "mda_ta" not in note
+    assert overrides_note(rows[:1]) == []
