@@ -37,8 +37,8 @@ def test_option_table_averages_each_option_sets_best_scaling_over_the_suites(tmp
     table = pe.option_table(results)
     assert len(table) == len(OPTION_SETS) == 12
     row = table[pe.option_key({"etf_side": "right", "etf_over": "tasks", "polar": True})]
-    assert row["suites"]["tasks8"] == {"val": 100 * 0.73, "scaling": 0.6}
-    assert row["suites"]["tasks14"] == {"val": 100 * 0.66, "scaling": 1.0}
+    assert row["suites"]["tasks8"] == {"val": 100 * 0.73, "scaling": 0.6, "by_scaling": {"0.6": 100 * 0.73, "1.0": 100 * 0.72}}
+    assert row["suites"]["tasks14"]["val"] == 100 * 0.66 and row["suites"]["tasks14"]["scaling"] == 1.0
     assert abs(row["mean"] - (73 + 66) / 2) < 1e-9
     best = max(table.values(), key=lambda r: r["mean"])
     assert best["options"]["etf_side"] == "right" and best["options"]["etf_over"] == "tasks"
