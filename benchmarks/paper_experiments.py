@@ -281,7 +281,8 @@ def searched_results(paths) -> dict[str, dict]:
 
     docs/results.json (``python -m mdamerge.evaluation.results``) holds one result per vision
     suite under ``suites``; docs/results_text.json (``python -m mdamerge.textzoo.results``)
-    one under ``result``. Only results whose MDA row kept its option search count.
+    one under ``result``; a ``bench-<suite>.json`` of ``mdamerge bench`` is one result. Only
+    results whose MDA row kept its option search count.
     """
     from mdamerge.evaluation.bench import BenchResult
 
@@ -293,11 +294,14 @@ def searched_results(paths) -> dict[str, dict]:
             continue
         saved = json.loads(path.read_text())
         found = saved.get("suites") or ({saved["result"]["suite"]: saved["result"]} if "result" in saved else {})
+        if "rows" in saved:  # one suite's `mdamerge bench` JSON (bench-<suite>.json)
+            found = {saved["suite"]: saved}
         for suite, data in found.items():
             result = BenchResult.from_dict(data)
             if any(r.name == "mda" and len(r.trials) > 1 for r in result.rows):
                 out[suite] = {"result": result, "source": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-                              "started": saved.get("started", "?")}
+                              "started": saved.get("started") or time.strftime(
+                                  "%Y-%m-%d %H:%M", time.gmtime(path.stat().st_mtime)) + " (file time)"}
     return out
 
 

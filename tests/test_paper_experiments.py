@@ -44,6 +44,13 @@ def test_option_table_averages_each_option_sets_best_scaling_over_the_suites(tmp
     assert best["options"]["etf_side"] == "right" and best["options"]["etf_over"] == "tasks"
 
 
+def test_searched_results_reads_a_single_bench_json_too(tmp_path):
+    saved = tmp_path / "bench-tasks14.json"
+    saved.write_text(json.dumps(fake_result("tasks14", lambda o, s: 0.5, 0.5).to_dict()))
+    results = pe.searched_results([str(saved)])
+    assert list(results) == ["tasks14"] and results["tasks14"]["started"].endswith("(file time)")
+
+
 def test_searched_results_skips_results_without_an_mda_search(tmp_path):
     r = fake_result("text8", lambda o, s: 0.5, 0.5)
     r.rows[2].trials = r.rows[2].trials[:1]  # MDA run with fixed options: nothing to choose from
