@@ -128,16 +128,22 @@ class BenchResult:
             rows.append(Row(**r))
         return cls(data["suite"], list(data["tasks"]), rows, data.get("meta", {}))
 
+    @property
+    def file_stem(self) -> str:
+        """``bench-<suite>``, plus ``-<backbone>`` for a vision zoo backbone other than the default (``small``)."""
+        backbone = self.meta.get("backbone")
+        return f"bench-{self.suite}" + (f"-{backbone}" if backbone and backbone != "small" else "")
+
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``bench-<suite>.json`` and ``bench-<suite>.md`` into ``out_dir``."""
+        """Write ``<file_stem>.json`` and ``<file_stem>.md`` (e.g. ``bench-tasks8.json``) into ``out_dir``."""
         import json
 
         from .tables import markdown_report
 
         from ..io.writer import write_result_files
 
-        files = write_result_files(out_dir, {f"bench-{self.suite}.json": json.dumps(self.to_dict(), indent=2) + "\n",
-                                             f"bench-{self.suite}.md": markdown_report(self)})
+        files = write_result_files(out_dir, {f"{self.file_stem}.json": json.dumps(self.to_dict(), indent=2) + "\n",
+                                             f"{self.file_stem}.md": markdown_report(self)})
         return dict(zip(("json", "markdown"), files.values()))
 
 
@@ -292,6 +298,7 @@ def run_bench(
     method_options: dict[str, dict[str, Any]] | None = None,
     threads: int | None = None,
     unseen: int | str | Sequence[str] | None = None,
+    backbone: str | None = None,
 ) -> BenchResult:
     """Benchmark ``methods`` on a suite of the zoo; builds missing zoo models when ``build``.
 
@@ -303,7 +310,12 @@ def run_bench(
     generalisation protocol -- an int N holds out the suite's last N tasks, or give task
     names; the methods merge (and search on validation) the other tasks only, and the
     merged backbone is tested on every task, held-out ones through their frozen heads.
+    ``backbone``: the vision zoo's backbone when no ``zoo`` is given (``small``, the default, or
+    ``base``; see :data:`mdamerge.zoo.build.BACKBONES`); its results files are named
+    ``bench-<suite>-<backbone>`` so that they never overwrite the default backbone's.
     """
+    if zoo is None and backbone is not None:
+        zoo = zoo_for_tasks(resolve_tasks(suite if isinstance(suite, str) else list(suite)), backbone=backbone)
     with cpu_threads(threads, device):
         return _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, build, progress, log,
                           method_options, unseen)
@@ -372,7 +384,7 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
     meta = {
         "zoo": str(zoo.root), "device": device, "seed": seed, "search": search, "val_limit": val_limit,
         "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - start, 1),
-        "zoo_settings": zoo.settings.to_dict(), "unseen": held_out,
+        "zoo_settings": zoo.settings.to_dict(), "unseen": held_out, "backbone": getattr(zoo, "backbone", None),
         "zoo_build_seconds": {"pretrained": zoo.pretrain_record.get("seconds"),
                               **{t: zoo.records[t].get("seconds") for t in tasks}},
         # training is bit-reproducible only at the same thread count

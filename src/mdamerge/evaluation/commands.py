@@ -10,7 +10,7 @@ import click
 from ..errors import MergeError
 from ..interrupts import interruptible
 from ..zoo.build import default_cache_dir
-from ..zoo.commands import CACHE_HELP, task_selection, zoo_from_cache
+from ..zoo.commands import CACHE_HELP, backbone_option, task_selection, zoo_from_cache
 from ..zoo.tasks import SUITES
 
 
@@ -23,8 +23,9 @@ from ..zoo.tasks import SUITES
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", default=None, type=click.Path(), help="Save eval.json and eval.md here.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@backbone_option
 @interruptible("out_dir")
-def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
+def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads, backbone):
     """Accuracy of the backbone in MODEL_DIR (e.g. a merged zoo model) on each task, through the zoo's heads."""
     from ..cli import set_threads
     from ..io.writer import check_results_folder, write_result_files
@@ -33,7 +34,7 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
 
     set_threads(threads)
     names = task_selection(suite, tasks)
-    zoo = zoo_from_cache(cache, names)
+    zoo = zoo_from_cache(cache, names, backbone)
     _require_zoo_model(model_dir, zoo)
     if out_dir:
         check_results_folder(out_dir, [model_dir, zoo.root])
@@ -75,8 +76,10 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads):
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--unseen", default=None,
               help="Generalisation: hold out the last N tasks (e.g. 2) or comma-separated task names; merge the rest, test all.")
+@backbone_option
 @interruptible("out_dir")
-def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, threads, quiet, unseen):
+def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, threads, quiet, unseen,
+              backbone):
     """Merge the zoo's fine-tuned backbones with each method and print the accuracy table.
 
     Builds the zoo first if it is missing. Scaling factors (and MDA's options) are chosen
@@ -89,7 +92,7 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
     from .bench import run_bench
     from .tables import terminal_report
 
-    zoo = zoo_from_cache(cache, task_selection(suite, tasks))
+    zoo = zoo_from_cache(cache, task_selection(suite, tasks), backbone)
     out = Path(out_dir) if out_dir else (Path(cache).expanduser() if cache else default_cache_dir()) / "results"
     check_results_folder(out, [zoo.root])
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
@@ -97,7 +100,7 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
                        search=not no_search, val_limit=val_limit or None, seed=seed, progress=not quiet, log=log,
                        threads=threads, unseen=unseen)
     click.echo(terminal_report(result))
-    click.echo(f"saved {out / f'bench-{result.suite}.json'} and {out / f'bench-{result.suite}.md'}")
+    click.echo(f"saved {out / f'{result.file_stem}.json'} and {out / f'{result.file_stem}.md'}")
 
 
 def _require_zoo_model(model_dir: str, zoo) -> None:

@@ -1,6 +1,7 @@
 """The model zoo cache: one pretrained backbone, one frozen head and one fine-tuned backbone per task.
 
-Layout of a zoo folder (``default_cache_dir()/zoo`` unless told otherwise)::
+Layout of a zoo folder (``default_cache_dir()/zoo`` unless told otherwise; a zoo of another
+backbone, e.g. ``base``, lives in ``default_cache_dir()/zoo-base``, see :data:`BACKBONES`)::
 
     zoo.json                  settings, build times, recorded accuracies
     pretrained/               config.json + model.safetensors (Hugging Face style)
@@ -25,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, closest_hint
 from ..io.checkpoint import Checkpoint
 from ..io.writer import OutputFolder, replace_file
 from .finetune import TrainSettings, cpu_threads, extract_features, finetune_backbone, fit_linear_head, head_accuracy, pretrain_backbone
@@ -42,26 +43,84 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mdamerge"
 
 
-def default_zoo_dir() -> Path:
-    return default_cache_dir() / "zoo"
+# The vision zoo's backbones. "small" is the zoo's original shape (its cache folder and settings
+# fingerprint are unchanged); "base" is 2x wider (4x the parameters) with the same depth, patch
+# size, head width (48) and training recipe, for the scale trend (docs/scale_trend.md). Depth 6
+# was measured too slow to build and benchmark on the project's shared 2-core CPU (about 1.5x
+# the 4-block cost again; see docs/scale_trend.md).
+BACKBONES: dict[str, ViTConfig] = {
+    "small": ViTConfig(),
+    "base": ViTConfig(dim=384, depth=4, heads=8, mlp_dim=768),
+}
+DEFAULT_BACKBONE = "small"
+
+
+def backbone_config(name: str) -> ViTConfig:
+    """The :class:`ViTConfig` of a named backbone of :data:`BACKBONES` (a copy); unknown names are a ConfigError."""
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone '{name}'" + closest_hint(name, BACKBONES)
+                          + f"; available: {', '.join(BACKBONES)}")
+    return ViTConfig(**{f.name: getattr(BACKBONES[name], f.name) for f in fields(ViTConfig)})
+
+
+def zoo_subdir(backbone: str | None = None) -> str:
+    """The zoo's folder name in the cache: ``zoo`` for the default backbone, ``zoo-<name>`` for another."""
+    name = backbone or DEFAULT_BACKBONE
+    backbone_config(name)  # validates the name
+    return "zoo" if name == DEFAULT_BACKBONE else f"zoo-{name}"
+
+
+def default_zoo_dir(backbone: str | None = None) -> Path:
+    return default_cache_dir() / zoo_subdir(backbone)
+
+
+def vision_zoo(root: str | Path | None = None, cache: str | Path | None = None,
+               backbone: str | None = None) -> "Zoo":
+    """The vision zoo of ``backbone`` (default: ``small``, the zoo as stored).
+
+    ``root`` is the zoo folder itself; otherwise ``cache`` (default :func:`default_cache_dir`)
+    plus :func:`zoo_subdir`. A new zoo is set up with the backbone's shape and the standard
+    recipe; an existing one keeps its stored settings, and naming a ``backbone`` its stored
+    shape does not match is a ConfigError (the two backbones' models must never mix).
+    """
+    if root is None:
+        root = (Path(cache).expanduser() if cache else default_cache_dir()) / zoo_subdir(backbone)
+    model = backbone_config(backbone or DEFAULT_BACKBONE)
+    zoo = Zoo(root)
+    if zoo.settings.model != model:
+        if not (zoo.root / ZOO_FILE).exists():  # a new zoo takes the named backbone's shape
+            return Zoo(root, settings=ZooSettings(model=model))
+        if backbone is not None:
+            expected = ZooSettings(**{**zoo.settings.__dict__, "model": model})
+            diff = _diff({"model": asdict(zoo.settings.model)}, {"model": asdict(model)})
+            raise ConfigError(
+                f"zoo at {zoo.root} was built with another backbone than '{backbone}' ({'; '.join(diff[:3])}; "
+                f"settings fingerprint {zoo.settings.fingerprint()}, expected {expected.fingerprint()}); "
+                "use another cache folder or delete it"
+            )
+    return zoo
 
 
 def zoo_for_tasks(tasks_or_suite: str | Iterable[str], root: str | Path | None = None,
-                  cache: str | Path | None = None) -> "Zoo":
+                  cache: str | Path | None = None, backbone: str | None = None) -> "Zoo":
     """The zoo that holds these tasks: the vision :class:`Zoo` or the text zoo (``textzoo``).
 
     ``root`` is the zoo folder itself; otherwise ``cache`` (default :func:`default_cache_dir`)
-    plus the zoo's own subfolder (``zoo`` or ``textzoo``).
+    plus the zoo's own subfolder (``zoo``, ``zoo-<backbone>`` or ``textzoo``). ``backbone``
+    picks the vision zoo's backbone (:data:`BACKBONES`; default ``small``); the text zoo has one.
     """
     from .tasks import task_family
 
     names = resolve_tasks(_as_names(tasks_or_suite))
-    cls = Zoo
     if task_family(names) == "text":
         from ..textzoo.build import TextZoo as cls
-    if root is None:
-        root = (Path(cache).expanduser() if cache else default_cache_dir()) / cls.SUBDIR
-    return cls(root)
+
+        if backbone not in (None, DEFAULT_BACKBONE):
+            raise ConfigError(f"--backbone {backbone} applies to the vision zoo; the text zoo has one backbone")
+        if root is None:
+            root = (Path(cache).expanduser() if cache else default_cache_dir()) / cls.SUBDIR
+        return cls(root)
+    return vision_zoo(root, cache, backbone)
 
 
 @dataclass
@@ -137,6 +196,12 @@ class Zoo:
             )
         self.settings = settings or stored or self.SETTINGS()
         self._heads: dict[str, nn.Linear] = {}
+
+    @property
+    def backbone(self) -> str | None:
+        """Name of the :data:`BACKBONES` entry this zoo's model has (None: another shape, e.g. a test zoo)."""
+        model = getattr(self.settings, "model", None)
+        return next((name for name, cfg in BACKBONES.items() if cfg == model), None)
 
     # -- paths ---------------------------------------------------------------------
     @property

@@ -8,19 +8,22 @@ import click
 
 from ..evaluation.tables import pct
 from ..interrupts import interruptible
-from .build import Zoo, default_cache_dir, zoo_for_tasks
+from .build import BACKBONES, DEFAULT_BACKBONE, Zoo, vision_zoo, zoo_for_tasks
 from .tasks import SUITES, TASKS, resolve_tasks
 
-CACHE_HELP = ("Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo, "
-              "the text zoo in CACHE/textzoo.")
+CACHE_HELP = ("Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo "
+              "(CACHE/zoo-base for --backbone base), the text zoo in CACHE/textzoo.")
+BACKBONE_HELP = (f"Vision zoo backbone: {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE}; "
+                 "base = 2x wider, its own cache folder CACHE/zoo-base).")
+# A plain string checked by backbone_config, so a wrong name is the usual one-line `error: ...` (exit 2).
+backbone_option = click.option("--backbone", default=None, metavar="NAME", help=BACKBONE_HELP)
 
 
-def zoo_from_cache(cache: str | None, tasks: list[str] | None = None) -> Zoo:
-    """The zoo under ``cache`` that holds ``tasks`` (the vision zoo when no tasks are given)."""
+def zoo_from_cache(cache: str | None, tasks: list[str] | None = None, backbone: str | None = None) -> Zoo:
+    """The zoo under ``cache`` that holds ``tasks`` (the vision zoo of ``backbone`` when no tasks are given)."""
     if tasks:
-        return zoo_for_tasks(tasks, cache=cache)
-    root = (Path(cache).expanduser() if cache else default_cache_dir()) / "zoo"
-    return Zoo(root)
+        return zoo_for_tasks(tasks, cache=cache, backbone=backbone)
+    return vision_zoo(cache=cache, backbone=backbone)
 
 
 def task_selection(suite: str, tasks: str | None) -> list[str]:
@@ -39,8 +42,9 @@ def zoo_group() -> None:
 @click.option("--device", default="cpu", show_default=True, help="Training device, e.g. cpu or cuda.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores the machine's load leaves free).")
 @click.option("--quiet", is_flag=True, help="No progress bar: one line per stage instead.")
+@backbone_option
 @interruptible()
-def build_cmd(suite, tasks, cache, device, threads, quiet):
+def build_cmd(suite, tasks, cache, device, threads, quiet, backbone):
     """Build what is missing (reusing what is already built) and show each task's accuracies."""
     import time
 
@@ -48,7 +52,7 @@ def build_cmd(suite, tasks, cache, device, threads, quiet):
     from .tasks import fashion_dir
 
     names = task_selection(suite, tasks)
-    zoo = zoo_from_cache(cache, names)
+    zoo = zoo_from_cache(cache, names, backbone)
     check_output_location(zoo.root, [fashion_dir()])  # the only input read from disk
     check_results_folder(zoo.root, [])  # a path through a file: one line before any work
     missing = zoo.missing(names)
@@ -62,11 +66,12 @@ def build_cmd(suite, tasks, cache, device, threads, quiet):
 
 @zoo_group.command("list")
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
-def list_cmd(cache):
+@backbone_option
+def list_cmd(cache, backbone):
     """Show the tasks, which are built, and their recorded accuracies."""
     for family in dict.fromkeys(spec.family for spec in TASKS.values()):
         names = [t for t, spec in TASKS.items() if spec.family == family]
-        zoo = zoo_from_cache(cache, names)
+        zoo = zoo_from_cache(cache, names, backbone if family != "text" else None)
         click.echo(f"zoo: {zoo.root}")
         _print_status(zoo, names)
     click.echo("suites: " + "; ".join(f"{k} = {len(v)} tasks" for k, v in SUITES.items()))
