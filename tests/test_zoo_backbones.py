@@ -61,9 +61,17 @@ def test_unknown_backbone_is_one_clear_error(tmp_path):
         vision_zoo(cache=tmp_path, backbone="bse")
     with pytest.raises(ConfigError, match="applies to the vision zoo"):
         zoo_for_tasks("text8", cache=tmp_path, backbone="base")
-    result = CliRunner().invoke(main, ["bench", "--suite", SUITE, "--cache", str(tmp_path), "--backbone", "huge"])
-    assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["error: unknown backbone 'huge'; available: small, base"]
+    config = tmp_path / "adapt.yaml"
+    config.write_text("method: adamerging_task\nsuite: tiny3\nbackbone: huge\n")
+    for args in (["bench", "--suite", SUITE, "--cache", str(tmp_path), "--backbone", "huge"],
+                 ["zoo", "build", "--suite", SUITE, "--cache", str(tmp_path), "--backbone", "huge"],
+                 ["eval", str(tmp_path), "--cache", str(tmp_path), "--backbone", "huge"],
+                 ["analyze", "--suite", SUITE, "--cache", str(tmp_path), "--backbone", "huge", "--out", str(tmp_path / "r")],
+                 ["adapt", str(config), "--out", str(tmp_path / "a")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, args
+        assert result.output.strip().splitlines() == ["error: unknown backbone 'huge'; available: small, base"], args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapt.yaml"]  # nothing written
 
 
 def test_a_zoo_of_another_backbone_is_refused_with_both_fingerprints(tmp_path):

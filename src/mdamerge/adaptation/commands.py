@@ -4,6 +4,7 @@
 method: mda_am            # adamerging_task, adamerging_layer (= adamerging), mda_feature, mda_ta, mda_am, mda_am_norot
 suite: tasks8             # or  tasks: [mnist_like, fashion, ...]
 zoo_root: null            # optional zoo folder
+backbone: null            # the vision zoo's backbone: small (default) or base (CACHE/zoo-base)
 device: cpu               # or cuda
 seed: 0
 max_unlabeled: null       # cap on unlabeled test inputs per task
@@ -28,7 +29,7 @@ import click
 from ..errors import ConfigError, closest_hint
 from ..interrupts import interruptible
 
-CONFIG_KEYS = ("method", "suite", "tasks", "zoo_root", "device", "seed", "max_unlabeled", "parameters")
+CONFIG_KEYS = ("method", "suite", "tasks", "zoo_root", "backbone", "device", "seed", "max_unlabeled", "parameters")
 
 
 def load_adapt_config(path: str | Path) -> dict[str, Any]:
@@ -89,14 +90,14 @@ def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods, thre
     if not config or not out_dir:
         raise ConfigError("adapt needs CONFIG and --out (or --list)")
     from ..io.writer import check_output_folder
-    from ..zoo.build import Zoo
+    from ..zoo.build import vision_zoo
     from .output import save_adaptive_result
 
     cfg = load_adapt_config(config)
     params = dict(cfg.get("parameters") or {})
     if steps is not None:
         params["steps"] = steps
-    zoo = Zoo(root=cfg.get("zoo_root"))
+    zoo = vision_zoo(root=cfg.get("zoo_root"), backbone=cfg.get("backbone"))
     replacing = check_output_folder(out_dir, [config, zoo.root], overwrite)  # before minutes of training
     tasks = cfg.get("suite") or cfg.get("tasks")
     dev = device or cfg.get("device", "cpu")

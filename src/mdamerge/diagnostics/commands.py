@@ -25,6 +25,7 @@ def _paths(values) -> list[Path]:
               help="Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo.")
 @click.option("--zoo-root", default=None, type=click.Path(file_okay=False), hidden=True,
               help="The zoo folder itself (old name; use --cache).")
+@click.option("--backbone", default=None, metavar="NAME", help="Vision zoo backbone: small (default) or base (CACHE/zoo-base).")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
 @click.option("--rank-fraction", type=float, default=None, help="k for principal angles as a fraction of min(m,n) (default 1/T).")
 @click.option("--max-layers", type=int, default=None, help="Analyse only the first N 2-D layers.")
@@ -33,8 +34,8 @@ def _paths(values) -> list[Path]:
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Report folder (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @interruptible("out_dir")
-def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, rank_fraction, max_layers, max_samples,
-            device, out_dir, overwrite):
+def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, threads, rank_fraction, max_layers,
+            max_samples, device, out_dir, overwrite):
     """Directional diagnostics: task-vector cosines, principal angles, spectra and Delta_ETF, as an HTML/Markdown report."""
     from ..cli import set_threads
     from .analysis import AnalysisInputs, run_analysis
@@ -60,9 +61,9 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, threads, ra
         if cache:
             from ..zoo.commands import zoo_from_cache
 
-            zoo = zoo_from_cache(cache, tasks)
+            zoo = zoo_from_cache(cache, tasks, backbone)
         else:
-            zoo = zoo_for_tasks(tasks, root=zoo_root)
+            zoo = zoo_for_tasks(tasks, root=zoo_root, backbone=backbone)
         missing = zoo.missing(tasks)
         if missing:
             raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")

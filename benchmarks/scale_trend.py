@@ -1,0 +1,285 @@
+"""Regenerate docs/scale_trend.md: tasks8 on the small and the 2x wider ``base`` zoo backbone, side by side.
+
+    python benchmarks/scale_trend.py --steps 200 --threads 1                  # both backbones (builds what is missing)
+    python benchmarks/scale_trend.py --backbones base --steps 200 --threads 1  # one backbone; the page shows all stored
+    python benchmarks/scale_trend.py --render-only                             # rebuild the page from the JSON
+
+Per backbone: the data-free methods with the protocol of docs/results.md (`mdamerge bench`:
+each method's scaling, and MDA's options, chosen on validation, 250 validation images per
+task; test accuracy reported), then the data-based methods of docs/results_adaptive.md at
+``--steps`` optimisation steps each (the same for both backbones), evaluated on the test
+split exactly as `mdamerge bench --methods data-based` does. Results accumulate per backbone
+in docs/scale_trend.json, written after every stage (a crash keeps what is done).
+
+The question (issue 13, item 2): does MDA's difference from TSV-M and from AdaMerging grow
+with width, as the MDA paper reports from CLIP ViT-B/32 to ViT-L/14?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mdamerge.adaptation import ADAPTIVE_METHODS
+from mdamerge.evaluation.bench import BenchResult, Row, run_bench
+from mdamerge.evaluation.evaluate import average, evaluate_backbone, normalized
+from mdamerge.evaluation.tables import display_name
+from mdamerge.zoo.build import BACKBONES, vision_zoo
+from mdamerge.zoo.tasks import SUITES
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = "tasks8"
+ADAPTIVE = ["adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot"]
+# (minuend, subtrahend) pairs of the difference table: MDA against TSV-M (data-free) and against AdaMerging.
+DIFFERENCES = [
+    ("mda", "tsv"), ("mda", "task_arithmetic"),
+    ("mda", "adamerging_task"), ("mda", "adamerging_layer"),
+    ("mda_feature", "adamerging_task"), ("mda_feature", "adamerging_layer"),
+    ("mda_ta", "adamerging_task"), ("mda_ta", "adamerging_layer"),
+    ("mda_am", "adamerging_task"), ("mda_am", "adamerging_layer"),
+]
+NAMES = {"mda": "MDA (data-free)", "mda_feature": "MDA feature (from MDA)", "mda_ta": "MDA-TA", "mda_am": "MDA-AM",
+         "mda_am_norot": "MDA-AM without rotation", "adamerging_task": "AdaMerging (task-wise)",
+         "adamerging_layer": "AdaMerging (layer-wise)"}
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def name_of(method: str) -> str:
+    return NAMES.get(method) or display_name(method)
+
+
+def build_record(zoo) -> dict:
+    """What the zoo recorded when it was built: seconds per stage, threads, parameters."""
+    tasks = SUITES[SUITE]
+    pre = zoo.pretrain_record
+    stages = {"pretrained": pre.get("seconds"), **{t: zoo.records[t]["seconds"] for t in tasks if t in zoo.records}}
+    return {
+        "stage_seconds": stages, "total_seconds": round(sum(v for v in stages.values() if v), 1),
+        "threads": sorted({pre.get("threads"), *(zoo.records[t].get("threads") for t in tasks if t in zoo.records)} - {None}),
+        "num_parameters": pre.get("num_parameters"), "model": zoo.settings.to_dict()["model"],
+        "fingerprint": zoo.settings.fingerprint(),
+        "finetuned_test": {t: zoo.records[t]["finetuned"]["test"] for t in tasks if t in zoo.records},
+    }
+
+
+def run_backbone(backbone: str, args, store: dict, save) -> None:
+    """Build (if needed) and benchmark one backbone; ``save()`` after every stage."""
+    entry = store.setdefault(backbone, {})
+    zoo = vision_zoo(backbone=backbone)
+    missing = zoo.missing(SUITE)
+    if missing:
+        print(f"[{backbone}] building {len(missing)} task(s) in {zoo.root} ...", flush=True)
+        before = load_average()
+        start = time.perf_counter()
+        zoo.build(SUITE, progress=False, device=args.device, threads=args.threads, log=print)
+        entry["build_wall"] = {"seconds": round(time.perf_counter() - start, 1), "load_before": before,
+                               "load_after": load_average()}
+    entry["build"] = build_record(zoo)
+    entry["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads() if not args.threads else args.threads}"
+                        f" torch threads, torch {torch.__version__}")
+    save()
+    if "data_free" not in entry or args.rerun:
+        before, start = load_average(), time.perf_counter()
+        result = run_bench(SUITE, "data-free", zoo=zoo, device=args.device, search=True, val_limit=args.val_limit,
+                           seed=args.seed, build=False, progress=False, threads=args.threads,
+                           log=lambda m: print(f"[{backbone}] {m}", flush=True))
+        entry["data_free"] = {"result": result.to_dict(), "seconds": round(time.perf_counter() - start, 1),
+                              "load_before": before, "load_after": load_average(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        save()
+    rows = entry.setdefault("data_based", {})
+    if args.steps != entry.get("steps"):
+        rows.clear()  # rows of another step count are not comparable
+    entry["steps"] = args.steps
+    tasks = entry["data_free"]["result"]["tasks"]
+    for method in args.methods:
+        if method in rows and not args.rerun:
+            continue
+        before, start = load_average(), time.perf_counter()
+        result = ADAPTIVE_METHODS[method](zoo, tasks, device=args.device, seed=args.seed, steps=args.steps,
+                                          progress=False)
+        merge_seconds = time.perf_counter() - start
+        acc = evaluate_backbone(result.state_dict, zoo, tasks, "test", args.device,
+                                feature_transforms=result.feature_transforms)
+        rows[method] = {"accuracies": acc, "seconds": round(merge_seconds, 1), "steps": result.info.get("steps"),
+                        "am_steps": (result.info.get("adamerging") or {}).get("steps"),
+                        "load_before": before, "load_after": load_average()}
+        print(f"[{backbone}] {method}: average {100 * average(acc):.2f}% in {merge_seconds:.0f} s", flush=True)
+        save()
+
+
+def table_rows(entry: dict) -> tuple[BenchResult, dict[str, dict]]:
+    """The backbone's bench result plus its data-based rows as one :class:`BenchResult`."""
+    result = BenchResult.from_dict(entry["data_free"]["result"])
+    for method, row in entry.get("data_based", {}).items():
+        result.rows.append(Row(method, "data-based", row["accuracies"], seconds=row["seconds"]))
+    return result, entry.get("data_based", {})
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def signed(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}"
+
+
+def render(store: dict, steps_note: str) -> str:
+    backbones = [b for b in BACKBONES if b in store and "data_free" in store[b]]
+    results = {b: table_rows(store[b])[0] for b in backbones}
+    lines = [
+        "# Scale trend: the tasks8 benchmark on a 2x wider zoo backbone",
+        "",
+        "Generated by `python benchmarks/scale_trend.py --steps 200 --threads 1` (page only: `--render-only`);",
+        "do not edit by hand. The results are kept in [scale_trend.json](scale_trend.json).",
+        "",
+        "The MDA paper reports that MDA's advantage grows with model size (CLIP ViT-B/32 to ViT-L/14). Here the",
+        "same tasks8 zoo is built twice with the same data, recipe and seeds, once on each backbone, and every",
+        "method is run on both with the same protocol: data-free methods with their scaling (and MDA's",
+        "`etf_side`, `etf_over`, `polar`) chosen on validation as in [results.md](results.md); data-based",
+        f"methods with {steps_note} (FusionBench: 1000) as in [results_adaptive.md](results_adaptive.md).",
+        "Numbers are test accuracy (%); **Norm.** = mean over tasks of merged / fine-tuned accuracy of the",
+        "same backbone.",
+        "",
+        "## Backbones",
+        "",
+        "| Backbone | Width | Blocks | Heads | MLP | Parameters | Build (s, 1 thread, as recorded) | Pretraining (s) | Fine-tuning 8 tasks (s) | Fine-tuned avg (%) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b in backbones:
+        bl = store[b]["build"]
+        m = bl["model"]
+        fine = sum(v for k, v in bl["stage_seconds"].items() if k != "pretrained")
+        lines.append(f"| {b} | {m['dim']} | {m['depth']} | {m['heads']} | {m['mlp_dim']} | {bl['num_parameters']:,} | "
+                     f"{bl['total_seconds']:.0f} | {bl['stage_seconds']['pretrained']:.0f} | {fine:.0f} | "
+                     f"{100 * average(bl['finetuned_test']):.1f} |")
+    lines += ["", "## Average accuracy per method", "",
+              "| Method | kind | " + " | ".join(f"{b} Avg | {b} Norm." for b in backbones) + " |",
+              "| --- | --- | " + " | ".join("---: | ---:" for _ in backbones) + " |"]
+    names = list(dict.fromkeys(r.name for b in backbones for r in results[b].rows))
+    for name in names:
+        cells = []
+        kind = next(r.kind for b in backbones for r in results[b].rows if r.name == name)
+        for b in backbones:
+            res = results[b]
+            if any(r.name == name for r in res.rows):
+                cells += [pct(res.row(name).average), pct(res.normalized_average(name))]
+            else:
+                cells += ["-", "-"]
+        lines.append(f"| {name_of(name)} | {kind} | " + " | ".join(cells) + " |")
+    lines += ["", "## MDA's differences (percentage points of Avg; Norm. in brackets)", "",
+              "| Difference | " + " | ".join(backbones) + " | change with width |",
+              "| --- | " + " | ".join("---:" for _ in backbones) + " | ---: |"]
+    for a, c in DIFFERENCES:
+        diffs, cells = [], []
+        for b in backbones:
+            res = results[b]
+            have = {r.name for r in res.rows}
+            if a in have and c in have:
+                d = res.row(a).average - res.row(c).average
+                dn = res.normalized_average(a) - res.normalized_average(c)
+                diffs.append(d)
+                cells.append(f"{signed(d)} ({signed(dn)})")
+            else:
+                diffs.append(None)
+                cells.append("-")
+        change = signed(diffs[-1] - diffs[0]) if len(diffs) > 1 and None not in (diffs[0], diffs[-1]) else "-"
+        lines.append(f"| {name_of(a)} - {name_of(c)} | " + " | ".join(cells) + f" | {change} |")
+    lines += ["", "## Runs and machine load", "",
+              "| Backbone | Data-free bench (s) | load before / after | Data-based (s, all methods) | steps | load before / after (first / last method) | machine |",
+              "| --- | ---: | --- | ---: | ---: | --- | --- |"]
+    for b in backbones:
+        e = store[b]
+        df = e["data_free"]
+        rows = e.get("data_based", {})
+        db_seconds = sum(r["seconds"] for r in rows.values())
+        first, last = (next(iter(rows.values())), list(rows.values())[-1]) if rows else ({}, {})
+        steps = e.get("steps")
+        lines.append(f"| {b} | {df['seconds']:.0f} | {df['load_before']} / {df['load_after']} | {db_seconds:.0f} | "
+                     f"{steps} | {first.get('load_before', '-')} / {last.get('load_after', '-')} | {e.get('machine', '-')} |")
+    lines += ["", "Build stages as recorded in each zoo's `zoo.json` (seconds; head fitting + fine-tuning + evaluation per task):", ""]
+    for b in backbones:
+        bl = store[b]["build"]
+        wall = store[b].get("build_wall")
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in bl["stage_seconds"].items())
+        lines.append(f"- **{b}** (settings fingerprint `{bl['fingerprint']}`, threads {bl['threads']}): {stages}"
+                     + (f"; wall {wall['seconds']:.0f} s, load {wall['load_before']} / {wall['load_after']}" if wall else ""))
+    lines.append("")
+    lines += ["Chosen on validation (data-free):", "", "| Method | " + " | ".join(backbones) + " |",
+              "| --- | " + " | ".join("---" for _ in backbones) + " |"]
+    for name in names:
+        cells = []
+        for b in backbones:
+            try:
+                params = results[b].row(name).params
+            except KeyError:
+                params = {}
+            cells.append(", ".join(f"{k}={v}" for k, v in params.items()) or "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {name_of(name)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    tasks = results[backbones[0]].tasks if backbones else []
+    for b in backbones:
+        res = results[b]
+        lines += [f"## Per task ({b})", "", "| Method | " + " | ".join(tasks) + " |", "| --- | " + " | ".join("---:" for _ in tasks) + " |"]
+        for r in res.rows:
+            lines.append(f"| {name_of(r.name)} | " + " | ".join(pct(r.accuracies.get(t)) for t in tasks) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def steps_note(store: dict) -> str:
+    steps = sorted({e.get("steps") for e in store.values() if e.get("steps")})
+    if not steps:
+        return "(no data-based runs yet)"
+    return f"**{steps[0]} steps** each" if len(steps) == 1 else f"steps {steps} (differ between backbones!)"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated: small, base")
+    parser.add_argument("--steps", type=int, default=200, help="optimisation steps of every data-based method")
+    parser.add_argument("--methods", default=",".join(ADAPTIVE), help="data-based methods")
+    parser.add_argument("--val-limit", type=int, default=250, help="validation examples per task in the search")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rerun", action="store_true", help="recompute rows already stored")
+    parser.add_argument("--render-only", action="store_true", help="rebuild the page from the JSON store")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "scale_trend.md"))
+    args = parser.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in args.methods if m not in ADAPTIVE_METHODS]
+    if unknown:
+        parser.error(f"unknown data-based method '{unknown[0]}'")
+    backbones = [b for b in args.backbones.split(",") if b]
+    for b in backbones:
+        if b not in BACKBONES:
+            parser.error(f"unknown backbone '{b}'; available: {', '.join(BACKBONES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    store_path = out.with_suffix(".json")
+    store = json.loads(store_path.read_text()) if store_path.exists() else {}
+
+    def save() -> None:
+        store_path.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+        out.write_text(render(store, steps_note(store)))
+
+    if not args.render_only:
+        for b in backbones:
+            run_backbone(b, args, store, save)
+    save()
+    print(f"wrote {out} and {store_path}")
+
+
+if __name__ == "__main__":
+    main()
