@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?= -q
 
-.PHONY: demo test venv data results clean
+.PHONY: demo test venv data results results-base clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,12 @@ demo: venv data
 results: venv data
 	$(PY) -m mdamerge.textzoo.results
 	$(PY) -m mdamerge.evaluation.results
+
+# The scale trend (docs/scale_trend.md): tasks8 on the small and the 2x wider base backbone. Builds
+# the base zoo (CACHE/zoo-base) first, which alone takes over 30 min on one core, so it is not in `results`.
+results-base: venv data
+	$(PY) benchmarks/scale_trend.py --steps 200 --threads 1
+	$(PY) -m mdamerge.evaluation.results --render-only
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -170,6 +170,27 @@ def paper_experiments_section(page: Path) -> str:
     return intro + "\n".join(out) + "\n"
 
 
+SCALE_PAGE = "scale_trend.md"
+SCALE_COMMAND = "python benchmarks/scale_trend.py --steps 200 --threads 1"
+
+
+def scale_trend_section(page: Path) -> str:
+    """The plain statements of docs/scale_trend.md (small vs the 2x wider ``base`` backbone), with a link."""
+    intro = ("\n## Scale trend (wider backbone)\n\n"
+             f"tasks8 on the small and the 2x wider `base` zoo backbone (`--backbone base`), data-free and data-based "
+             f"rows side by side: tables, build times and machine load in [{SCALE_PAGE}]({SCALE_PAGE}), which "
+             f"`{SCALE_COMMAND}` (or `make results-base`) regenerates. Its statements:\n")
+    if not page.is_file():
+        return intro + f"\n_Not generated yet: {page} is missing._\n"
+    keep, out = False, []
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            keep = line == "### Plain statements"
+        elif keep and line.strip():
+            out.append(line)
+    return intro + "\n" + "\n".join(out) + "\n"
+
+
 TEXT_PAGE = "results_text.md"
 
 
@@ -217,6 +238,7 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
     if adaptive_page is not None:
         parts.append(data_based_section(adaptive_page))
         parts.append(paper_experiments_section(adaptive_page.parent / PAPER_PAGE))
+        parts.append(scale_trend_section(adaptive_page.parent / SCALE_PAGE))
         parts.append(text_section(adaptive_page.parent / TEXT_PAGE))
     return "\n".join(parts)
 
