@@ -171,7 +171,7 @@ def paper_experiments_section(page: Path) -> str:
 
 
 SCALE_PAGE = "scale_trend.md"
-SCALE_COMMAND = "python benchmarks/scale_trend.py --steps 200 --threads 1"
+SCALE_COMMAND = "python benchmarks/scale_trend.py --steps 100 --threads 1"
 
 
 def scale_trend_section(page: Path) -> str:
