@@ -128,8 +128,8 @@ def run_backbone(backbone: str, args, store: dict, save) -> None:
         entry["build_wall"] = {"seconds": round(time.perf_counter() - start, 1), "load_before": before,
                                "load_after": load_average()}
     if args.build_wall is not None:
-        entry["build_wall"] = {"seconds": args.build_wall, "load_before": (args.build_load or "-/-").split("/ ")[0].strip(),
-                               "load_after": (args.build_load or "- / -").split("/ ")[-1].strip()}
+        before, _, after = (args.build_load or "-").partition(" / ")
+        entry["build_wall"] = {"seconds": args.build_wall, "load_before": before.strip(), "load_after": after.strip() or "-"}
     entry["build"] = build_record(zoo)
     entry["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads() if not args.threads else args.threads}"
                         f" torch threads, torch {torch.__version__}")
@@ -363,7 +363,7 @@ def main(argv=None) -> None:
     parser.add_argument("--render-only", action="store_true", help="rebuild the page from the JSON store")
     parser.add_argument("--build-wall", type=float, default=None,
                         help="wall seconds of a build run outside this script (e.g. `mdamerge zoo build --backbone base`), recorded with --build-load")
-    parser.add_argument("--build-load", default=None, help="load averages before / after that build, as text")
+    parser.add_argument("--build-load", default=None, help="load averages before and after that build: 'BEFORE / AFTER'")
     parser.add_argument("--step-costs", action="store_true", help="time one training step of each candidate shape, store it, and stop")
     parser.add_argument("--out", default=str(ROOT / "docs" / "scale_trend.md"))
     args = parser.parse_args(argv)
