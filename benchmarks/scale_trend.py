@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mdamerge.adaptation import ADAPTIVE_METHODS
-from mdamerge.evaluation.bench import BenchResult, Row, run_bench
+from mdamerge.evaluation.bench import BenchResult, Row, resolve_methods, run_bench
 from mdamerge.evaluation.evaluate import average, evaluate_backbone, normalized
 from mdamerge.evaluation.tables import display_name
 from mdamerge.zoo.build import BACKBONES, vision_zoo
@@ -134,19 +134,29 @@ def run_backbone(backbone: str, args, store: dict, save) -> None:
     entry["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads() if not args.threads else args.threads}"
                         f" torch threads, torch {torch.__version__}")
     save()
-    if "data_free" not in entry or args.rerun:
+    wanted = resolve_methods(args.data_free) if args.data_free != "none" else []
+    stored = entry.get("data_free")
+    done = {r["name"] for r in stored["result"]["rows"]} if stored and not args.rerun else set()
+    todo = [m for m in wanted if m not in done]
+    if todo:
         before, start = load_average(), time.perf_counter()
-        result = run_bench(SUITE, "data-free", zoo=zoo, device=args.device, search=True, val_limit=args.val_limit,
+        result = run_bench(SUITE, ",".join(todo), zoo=zoo, device=args.device, search=True, val_limit=args.val_limit,
                            seed=args.seed, build=False, progress=False, threads=args.threads,
                            log=lambda m: print(f"[{backbone}] {m}", flush=True))
-        entry["data_free"] = {"result": result.to_dict(), "seconds": round(time.perf_counter() - start, 1),
-                              "load_before": before, "load_after": load_average(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        part = {"result": result.to_dict(), "seconds": round(time.perf_counter() - start, 1),
+                "load_before": before, "load_after": load_average(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        if done:  # add these methods' rows to the ones stored (the reference rows are the same models)
+            stored["result"]["rows"] += [r for r in part["result"]["rows"] if r["name"] not in done]
+            stored["seconds"] = round(stored["seconds"] + part["seconds"], 1)
+            stored.update(load_after=part["load_after"], date=part["date"])
+        else:
+            entry["data_free"] = part
         save()
     rows = entry.setdefault("data_based", {})
     if args.steps != entry.get("steps"):
         rows.clear()  # rows of another step count are not comparable
     entry["steps"] = args.steps
-    tasks = entry["data_free"]["result"]["tasks"]
+    tasks = list(SUITES[SUITE])
     for method in args.methods:
         if method in rows and not args.rerun:
             continue
@@ -354,7 +364,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated: small, base")
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps of every data-based method")
-    parser.add_argument("--methods", default=",".join(ADAPTIVE), help="data-based methods")
+    parser.add_argument("--methods", default=",".join(ADAPTIVE), help="data-based methods ('' for none)")
+    parser.add_argument("--data-free", default="data-free",
+                        help="data-free methods ('data-free' = all, a comma-separated list, or 'none'); rows already stored are kept")
     parser.add_argument("--val-limit", type=int, default=250, help="validation examples per task in the search")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
