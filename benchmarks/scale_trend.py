@@ -176,8 +176,9 @@ def run_backbone(backbone: str, args, store: dict, save) -> None:
 def table_rows(entry: dict) -> tuple[BenchResult, dict[str, dict]]:
     """The backbone's bench result plus its data-based rows as one :class:`BenchResult`."""
     result = BenchResult.from_dict(entry["data_free"]["result"])
-    for method, row in entry.get("data_based", {}).items():
-        result.rows.append(Row(method, "data-based", row["accuracies"], seconds=row["seconds"]))
+    stored = entry.get("data_based", {})
+    for method in sorted(stored, key=lambda m: ADAPTIVE.index(m) if m in ADAPTIVE else len(ADAPTIVE)):
+        result.rows.append(Row(method, "data-based", stored[method]["accuracies"], seconds=stored[method]["seconds"]))
     return result, entry.get("data_based", {})
 
 
@@ -286,17 +287,18 @@ def render(store: dict, steps_note: str) -> str:
     lines += ["", "### Plain statements", "", *statements(results), "",
               f"A change below {TIE_POINTS} points is called a tie: one seed per backbone, 7500 test images in all.",
               "", "## Runs and machine load", "",
-              "| Backbone | Data-free bench (s) | load before / after | Data-based (s, all methods) | steps | load before / after (first / last method) | machine |",
+              "| Backbone | Data-free bench (s) | load before / after | Data-based (s, all methods) | steps | 1-min load around the data-based runs | machine |",
               "| --- | ---: | --- | ---: | ---: | --- | --- |"]
     for b in backbones:
         e = store[b]
         df = e["data_free"]
         rows = e.get("data_based", {})
         db_seconds = sum(r["seconds"] for r in rows.values())
-        first, last = (next(iter(rows.values())), list(rows.values())[-1]) if rows else ({}, {})
+        loads = [float(r[k].split("/")[0]) for r in rows.values() for k in ("load_before", "load_after")]
+        load_range = f"{min(loads):.2f} to {max(loads):.2f}" if loads else "-"
         steps = e.get("steps")
         lines.append(f"| {b} | {df['seconds']:.0f} | {df['load_before']} / {df['load_after']} | {db_seconds:.0f} | "
-                     f"{steps} | {first.get('load_before', '-')} / {last.get('load_after', '-')} | {e.get('machine', '-')} |")
+                     f"{steps} | {load_range} | {e.get('machine', '-')} |")
     lines += ["", "Build stages as recorded in each zoo's `zoo.json` (seconds; head fitting + fine-tuning + evaluation per task):", ""]
     for b in backbones:
         bl = store[b]["build"]
