@@ -303,7 +303,8 @@ def render(store: dict, steps_note: str) -> str:
     for b in backbones:
         bl = store[b]["build"]
         wall = store[b].get("build_wall")
-        stages = ", ".join(f"{k} {v:.0f}" for k, v in bl["stage_seconds"].items())
+        order = ["pretrained", *SUITES[SUITE]]
+        stages = ", ".join(f"{k} {bl['stage_seconds'][k]:.0f}" for k in order if bl["stage_seconds"].get(k) is not None)
         lines.append(f"- **{b}** (settings fingerprint `{bl['fingerprint']}`, threads {bl['threads']}): {stages}"
                      + (f"; wall {wall['seconds']:.0f} s, load {wall['load_before']} / {wall['load_after']}" if wall else ""))
     lines.append("")
