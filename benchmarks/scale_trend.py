@@ -399,7 +399,8 @@ def main(argv=None) -> None:
     def save() -> None:
         # runs of different backbones may overlap: keep what another process stored for the others
         on_disk = json.loads(store_path.read_text()) if store_path.exists() else {}
-        mine = [] if args.render_only else backbones + ["step_costs"]  # render-only writes back what is on disk
+        # each mode writes back only what it computed (render-only: nothing)
+        mine = [] if args.render_only else ["step_costs"] if args.step_costs else backbones
         on_disk.update({k: v for k, v in store.items() if k in mine})
         store.update(on_disk)
         store_path.write_text(json.dumps(on_disk, indent=1, sort_keys=True) + "\n")
