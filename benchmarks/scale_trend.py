@@ -129,7 +129,8 @@ def run_backbone(backbone: str, args, store: dict, save) -> None:
                                "load_after": load_average()}
     if args.build_wall is not None:
         before, _, after = (args.build_load or "-").partition(" / ")
-        entry["build_wall"] = {"seconds": args.build_wall, "load_before": before.strip(), "load_after": after.strip() or "-"}
+        entry["build_wall"] = {"seconds": args.build_wall, "load_before": before.strip(), "load_after": after.strip() or "-",
+                               **({"cpu_seconds": args.build_cpu} if args.build_cpu is not None else {})}
     entry["build"] = build_record(zoo)
     entry["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads() if not args.threads else args.threads}"
                         f" torch threads, torch {torch.__version__}")
@@ -306,7 +307,9 @@ def render(store: dict, steps_note: str) -> str:
         order = ["pretrained", *SUITES[SUITE]]
         stages = ", ".join(f"{k} {bl['stage_seconds'][k]:.0f}" for k in order if bl["stage_seconds"].get(k) is not None)
         lines.append(f"- **{b}** (settings fingerprint `{bl['fingerprint']}`, threads {bl['threads']}): {stages}"
-                     + (f"; wall {wall['seconds']:.0f} s, load {wall['load_before']} / {wall['load_after']}" if wall else ""))
+                     + (f"; wall {wall['seconds']:.0f} s, load {wall['load_before']} / {wall['load_after']}" if wall else "")
+                     + (f", {wall['cpu_seconds']:.0f} CPU seconds (the rest of the wall time the core served other jobs)"
+                        if wall and wall.get("cpu_seconds") else ""))
     lines.append("")
     lines += ["Chosen on validation (data-free):", "", "| Method | " + " | ".join(backbones) + " |",
               "| --- | " + " | ".join("---" for _ in backbones) + " |"]
@@ -379,6 +382,7 @@ def main(argv=None) -> None:
     parser.add_argument("--build-wall", type=float, default=None,
                         help="wall seconds of a build run outside this script (e.g. `mdamerge zoo build --backbone base`), recorded with --build-load")
     parser.add_argument("--build-load", default=None, help="load averages before and after that build: 'BEFORE / AFTER'")
+    parser.add_argument("--build-cpu", type=float, default=None, help="CPU seconds that build used (e.g. from ps), recorded with --build-wall")
     parser.add_argument("--step-costs", action="store_true", help="time one training step of each candidate shape, store it, and stop")
     parser.add_argument("--out", default=str(ROOT / "docs" / "scale_trend.md"))
     args = parser.parse_args(argv)
