@@ -253,7 +253,9 @@ def render(store: dict, steps_note: str) -> str:
         lines.append(f"| {b} | {m['dim']} | {m['depth']} | {m['heads']} | {m['mlp_dim']} | {bl['num_parameters']:,} | "
                      f"{bl['total_seconds']:.0f} | {bl['stage_seconds']['pretrained']:.0f} | {fine:.0f} | "
                      f"{100 * average(bl['finetuned_test']):.1f} |")
-    lines += ["", *why_this_backbone(store), "", "## Average accuracy per method", "",
+    lines += ["", "Build seconds are wall time at the machine's load then (2 cores shared by several jobs; see the end of",
+              "the page); the CPU seconds, where recorded, are what the build itself used.",
+              "", *why_this_backbone(store), "", "## Average accuracy per method", "",
               "| Method | kind | " + " | ".join(f"{b} Avg | {b} Norm." for b in backbones) + " |",
               "| --- | --- | " + " | ".join("---: | ---:" for _ in backbones) + " |"]
     names = list(dict.fromkeys(r.name for b in backbones for r in results[b].rows))
