@@ -288,8 +288,18 @@ def render(store: dict, steps_note: str) -> str:
         change = signed(diffs[-1] - diffs[0]) if len(diffs) > 1 and None not in (diffs[0], diffs[-1]) else "-"
         lines.append(f"| {name_of(a)} - {name_of(c)} | " + " | ".join(cells) + f" | {change} |")
     lines += ["", "### Plain statements", "", *statements(results), "",
-              f"A change below {TIE_POINTS} points is called a tie: one seed per backbone, 7500 test images in all.",
-              "", "## Runs and machine load", "",
+              f"A change below {TIE_POINTS} points is called a tie: one seed per backbone, 7500 test images in all."]
+    missing = [(b, name) for b in backbones for name in names if not any(r.name == name for r in results[b].rows)]
+    if missing:
+        lines += ["", "## Not measured (time budget)", "",
+                  "These rows ran on one backbone but not on the other before the session's deadline; the same",
+                  "command completes them (rows already stored are kept):", ""]
+        for b in backbones:
+            gone = [name_of(n) for bb, n in missing if bb == b]
+            if gone:
+                lines.append(f"- **{b}**: {', '.join(gone)} (`python benchmarks/scale_trend.py --backbones {b} "
+                             f"--steps {store[b].get('steps') or 100} --threads 1`)")
+    lines += ["", "## Runs and machine load", "",
               "| Backbone | Data-free bench (s) | load before / after | Data-based (s, all methods) | steps | 1-min load around the data-based runs | machine |",
               "| --- | ---: | --- | ---: | ---: | --- | --- |"]
     for b in backbones:
@@ -353,8 +363,9 @@ def why_this_backbone(store: dict) -> list[str]:
               "the core was shared with another zoo build, so the absolute times are high, the ratios are what counts).",
               "Six blocks cost about 1.5x the 4-block step again: with the pretraining, 8 fine-tunes, the data-free",
               "search and six data-based methods on both backbones, the 6-block version did not fit the",
-              "session's budget of one shared CPU core (about 110 min for everything); 4 blocks did. It also keeps",
-              "the comparison to one variable, width (heads grow with it, so each head stays 48 wide)."]
+              "session's budget of one shared CPU core (about 110 min for everything); 4 blocks was estimated to fit",
+              "(in the event the core was shared more than planned, and not every row fitted: see \"Not measured\" below).",
+              "Four blocks also keep the comparison to one variable, width (heads grow with it, so each head stays 48 wide)."]
     return lines
 
 
