@@ -187,7 +187,7 @@ def scale_trend_section(page: Path) -> str:
         if line.startswith("#"):
             keep = line == "### Plain statements"
         elif keep and line.strip():
-            out.append(line)
+            out += [line] if line.startswith("- ") or not out else ["", line]  # a note after the list: own paragraph
     return intro + "\n" + "\n".join(out) + "\n"
 
 
