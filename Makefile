@@ -44,7 +44,7 @@ results: venv data
 	$(PY) -m mdamerge.evaluation.results
 
 # The scale trend (docs/scale_trend.md): tasks8 on the small and the 2x wider base backbone. Builds
-# the base zoo (CACHE/zoo-base) first, which alone takes over 30 min on one core, so it is not in `results`.
+# the base zoo (CACHE/zoo-base) first, which alone used 31 CPU-minutes (75 min wall on a shared core), so it is not in `results`.
 results-base: venv data
 	$(PY) benchmarks/scale_trend.py --steps 100 --threads 1
 	$(PY) -m mdamerge.evaluation.results --render-only
