@@ -159,15 +159,21 @@ def paper_experiments_section(page: Path) -> str:
              f"which `{PAPER_COMMAND}` regenerates (each section there names its own command). Its statements:\n")
     if not page.is_file():
         return intro + f"\n_Not generated yet: {page} is missing._\n"
+    return intro + "\n".join(plain_statements(page, section_titles=True)) + "\n"
+
+
+def plain_statements(page: Path, section_titles: bool = False) -> list[str]:
+    """The lines under every ``### Plain statements`` heading of a generated page (a note after a list
+    as its own paragraph); with ``section_titles`` each ``## `` section's title in bold before its own."""
     keep, out = False, []
     for line in page.read_text().splitlines():
-        if line.startswith("## "):
+        if line.startswith("## ") and section_titles:
             out += ["", f"**{line[3:]}**", ""]
-        elif line.startswith("### "):
+        if line.startswith("#"):
             keep = line == "### Plain statements"
         elif keep and line.strip():
-            out.append(line)
-    return intro + "\n".join(out) + "\n"
+            out += [line] if line.startswith("- ") or not out or not out[-1] else ["", line]
+    return out
 
 
 SCALE_PAGE = "scale_trend.md"
@@ -182,13 +188,7 @@ def scale_trend_section(page: Path) -> str:
              f"`{SCALE_COMMAND}` (or `make results-base`) regenerates. Its statements:\n")
     if not page.is_file():
         return intro + f"\n_Not generated yet: {page} is missing._\n"
-    keep, out = False, []
-    for line in page.read_text().splitlines():
-        if line.startswith("#"):
-            keep = line == "### Plain statements"
-        elif keep and line.strip():
-            out += [line] if line.startswith("- ") or not out else ["", line]  # a note after the list: own paragraph
-    return intro + "\n" + "\n".join(out) + "\n"
+    return intro + "\n" + "\n".join(plain_statements(page)) + "\n"
 
 
 TEXT_PAGE = "results_text.md"
