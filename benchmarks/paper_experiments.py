@@ -207,7 +207,7 @@ def section_compute(zoo, suite, tasks, args) -> dict:
 def section_angles(zoo, suite, tasks, args) -> dict:
     base = zoo.base_state_dict()
     finetuned = [zoo.finetuned_state_dict(t) for t in tasks]
-    layers, pooled = [], {s: {"subspace": [], "directions": []} for s in STAGES}
+    layers, pooled, excluded = [], {s: {"subspace": [], "directions": []} for s in STAGES}, []
     for name, w0 in base.items():
         if w0.ndim != 2 or not w0.is_floating_point():
             continue
@@ -215,13 +215,20 @@ def section_angles(zoo, suite, tasks, args) -> dict:
         k = default_k(tuple(w0.shape), len(tasks), None)
         stages = alignment_angles(deltas, k)
         entry = {"name": name, "shape": list(w0.shape), "k": k}
+        # T k > min(m, n) (e.g. a 2 x 384 token-type embedding, k = 1): the T k directions cannot be
+        # orthonormal, so no polar step makes the tasks orthogonal; pooled, such a layer would
+        # misreport every method's minimum angle
+        degenerate = len(tasks) * k > min(w0.shape)
+        if degenerate:
+            excluded.append(name)
         for s in STAGES:
             entry[s] = {"subspace": summarize(stages[s].all_subspace()), "directions": summarize(stages[s].directions)}
-            pooled[s]["subspace"].append(stages[s].all_subspace())
-            pooled[s]["directions"].append(stages[s].directions)
+            if not degenerate:
+                pooled[s]["subspace"].append(stages[s].all_subspace())
+                pooled[s]["directions"].append(stages[s].directions)
         layers.append(entry)
     overall = {s: {kind: summarize(torch.cat(v)) for kind, v in d.items()} for s, d in pooled.items()}
-    return {"layers": layers, "overall": overall}
+    return {"layers": layers, "overall": overall, "excluded": excluded}
 
 
 def section_unseen(zoo, suite, tasks, args) -> dict:
@@ -645,7 +652,9 @@ def render_angles(d: dict) -> list[str]:
     o = d["overall"]
     lines = ["Principal angles between task i's and task j's blocks of U = [U_1..U_T] (top-k left singular vectors "
              "per task, k = floor(min(m,n)/T)), all 2-D layers and task pairs pooled; direction angles: between "
-             "single directions of different tasks.", ""]
+             "single directions of different tasks."
+             + (f" Left out of the pooled figures (listed per layer below): {', '.join(d['excluded'])}, where T k > "
+                "min(m, n), so the T k directions cannot be orthonormal." if d.get("excluded") else ""), ""]
     lines += table(["stage", "subspace angle mean", "min", "q25", "median", "max", "direction angle min", "median", "max"],
                    [[s, *[fmt(o[s]["subspace"][q]) for q in ("mean", "min", "q25", "median", "max")],
                      *[fmt(o[s]["directions"][q], 3) for q in ("min", "median", "max")]] for s in STAGES])
@@ -870,7 +879,9 @@ def statements(sections: dict) -> list[str]:
             f"step then moves one principal angle per task pair to {o['mda']['subspace']['min']:.1f} deg (arccos(1/(T-1))) and "
             f"leaves the rest at 90; single directions of different tasks go from 90 to "
             f"{o['mda']['directions']['median']:.3f} deg (arccos(-1/(K-1))). The ETF step is a rank-one change of TSV-M's "
-            "geometry, which is why the two merges nearly coincide.")
+            "geometry, which is why the two merges nearly coincide."
+            + (f" (Pooled over the 2-D layers with T k <= min(m, n); left out: {', '.join(a['excluded'])}.)"
+               if a.get("excluded") else ""))
     u = sections.get("unseen")
     if u:
         rows = {r["method"]: r for r in u["rows"]}

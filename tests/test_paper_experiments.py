@@ -132,3 +132,32 @@ def test_overrides_note_names_only_rows_that_left_their_defaults():
     note = " ".join(overrides_note(rows))
     assert "iso_c scaling=1.5" in note and "tsv" not in note and "mda_ta" not in note
     assert overrides_note(rows[:1]) == []
+
+
+class _TinyZoo:
+    """Base and fine-tuned state dicts only: what the angles section reads."""
+
+    def __init__(self, shapes: dict, tasks: int):
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        self.base = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+        self.fts = [{n: w + 0.1 * torch.randn(w.shape, generator=gen) for n, w in self.base.items()} for _ in range(tasks)]
+
+    def base_state_dict(self):
+        return self.base
+
+    def finetuned_state_dict(self, task):
+        return self.fts[task]
+
+
+def test_angles_leave_layers_with_more_directions_than_dimensions_out_of_the_pooled_figures():
+    """A 2 x 24 token-type embedding with T = 4 (k = 1, T k = 4 > 2): its directions cannot be orthonormal;
+    pooled, it would make TSV-M's minimum angle ~0 instead of 90 degrees."""
+    zoo = _TinyZoo({"tok.weight": (2, 24), "dense.weight": (24, 24)}, tasks=4)
+    out = pe.section_angles(zoo, "tiny", list(range(4)), None)
+    assert out["excluded"] == ["tok.weight"]
+    assert [layer["name"] for layer in out["layers"]] == ["tok.weight", "dense.weight"]
+    assert abs(out["overall"]["tsv"]["subspace"]["min"] - 90.0) < 1e-6
+    assert out["layers"][0]["tsv"]["subspace"]["min"] < 80.0  # the degenerate layer itself, kept per layer
+    assert "tok.weight" in "\n".join(pe.render_angles(out))
