@@ -130,10 +130,9 @@ def test_routes_without_scipy_give_the_same_result(monkeypatch):
 
 
 def _with_spectrum(m, n, s, seed):
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.linalg.qr(torch.randn(m, s.numel(), generator=gen, dtype=torch.float64))[0]
-    v = torch.linalg.qr(torch.randn(n, s.numel(), generator=gen, dtype=torch.float64))[0]
-    return (u * s) @ v.T
+    from test_svd_exact import _spectral  # random orthonormal frames with the spectrum s
+
+    return _spectral(m, n, s, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("tiny", [1e-5, 1e-8, 1e-11])

@@ -51,7 +51,6 @@ class PrefixedSource:
     def __contains__(self, name: str) -> bool:
         return name in self._names
 
-
     def info(self, name: str) -> TensorInfo:
         return self.source.info(self.prefix + name)
 

@@ -20,8 +20,8 @@ GRAM_RCOND = 1e-10
 #: ... and only when the left vectors ``U = A V / S`` come out orthonormal to this
 #: (max entry of ``U^T U - I``): the a-posteriori check of the route.
 GRAM_ORTHO_TOL = 1e-9
-#: polar factor from the Gram only when the condition number of ``A`` is <= 1e4
-#: (error ~ eps64 * cond^2 <= 1e-8); otherwise the dense SVD.
+#: polar factor entirely from the Gram when the condition number of ``A`` is <= 1e4
+#: (error ~ eps64 * cond^2 <= 1e-8); otherwise split as below.
 POLAR_RCOND = 1e-8
 #: ... above that, directions with S_i^2 < POLAR_SPLIT S_1^2 (S_i / S_1 < 1e-3) come from a
 #: dense SVD of the matrix restricted to them (:func:`gram_polar`); the rest from the Gram,
@@ -277,8 +277,9 @@ def gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not top > 0:
         return None
     if vals[0] >= POLAR_RCOND * top:  # every direction accurate to eps64 cond^2 <= 1e-8: no split, no check
-        polar = b @ _inverse_sqrt(vecs, vals.sqrt())
-        return (polar.mT if wide else polar), vals.sqrt()
+        svals = vals.sqrt()
+        polar = b @ _inverse_sqrt(vecs, svals)
+        return (polar.mT if wide else polar), svals
     tail = int((vals < POLAR_SPLIT * top).sum())
     if tail > n // 2:
         return None

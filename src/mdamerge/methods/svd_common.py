@@ -17,17 +17,20 @@ def mean_delta(job: TensorJob) -> torch.Tensor:
     return sum(job.weighted_deltas()) / job.num_tasks
 
 
+def svd_precision(job: TensorJob) -> torch.dtype:
+    """The configured ``svd_dtype`` as a torch dtype."""
+    return torch.float64 if job.params["svd_dtype"] == "float64" else torch.float32
+
+
 def svd_inputs(job: TensorJob) -> list[torch.Tensor]:
     """Weighted task vectors in the configured SVD precision."""
-    dtype = torch.float64 if job.params["svd_dtype"] == "float64" else torch.float32
-    return [d.to(dtype) for d in job.weighted_deltas()]
+    return [d.to(svd_precision(job)) for d in job.weighted_deltas()]
 
 
 def svd_input_sum(job: TensorJob) -> torch.Tensor:
     """``sum_t w_t tau_t`` in the configured SVD precision, accumulated in place (no T converted copies)."""
-    dtype = torch.float64 if job.params["svd_dtype"] == "float64" else torch.float32
     deltas = job.weighted_deltas()
-    total = deltas[0].to(dtype, copy=True)
+    total = deltas[0].to(svd_precision(job), copy=True)
     for d in deltas[1:]:
         total.add_(d)
     return total
