@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 import sys
@@ -318,6 +320,16 @@ def test_results_page_rerenders_from_json_and_embeds_the_data_based_page(cache, 
     (tmp_path / "results_adaptive.md").unlink()
     results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
     assert "results_adaptive.md is missing" in out.read_text()
+
+
+def test_results_page_states_the_thread_count_the_suites_ran_with_not_the_renderers(result):
+    from mdamerge.evaluation.results import benchmark_threads
+
+    ran_with = result.meta["torch_threads"]
+    other = dataclasses.replace(result, meta={**result.meta, "torch_threads": ran_with + 3})
+    assert benchmark_threads({"a": result}) == str(ran_with)
+    assert benchmark_threads({"a": result, "b": other}) == f"{ran_with}/{ran_with + 3}"
+    assert benchmark_threads({"a": dataclasses.replace(result, meta={})}) == "unrecorded"
 
 
 def test_results_page_takes_the_paper_experiments_statements_only(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import paper_experiments as pe  # noqa: E402
-from adaptive_results import overrides_note  # noqa: E402
+from adaptive_results import overrides_note, refresh_data_free  # noqa: E402
 
 from mdamerge.evaluation.bench import MDA_OPTIONS, BenchResult, Row, Trial  # noqa: E402
 
@@ -132,6 +132,33 @@ def test_overrides_note_names_only_rows_that_left_their_defaults():
     note = " ".join(overrides_note(rows))
     assert "iso_c scaling=1.5" in note and "tsv" not in note and "mda_ta" not in note
     assert overrides_note(rows[:1]) == []
+
+
+def test_overrides_note_says_which_rows_were_refreshed_later():
+    rows = [{"method": "tsv", "kind": "data-free", "params": {}},
+            {"method": "iso_c", "kind": "data-free", "params": {}, "refreshed": "2026-12-01"}]
+    note = " ".join(overrides_note(rows))
+    assert "iso_c (2026-12-01)" in note and "tsv" not in note and "published defaults" not in note
+
+
+class _FingerprintZoo:
+    root = "/zoo"
+
+    class settings:  # noqa: N801 -- stands in for ZooSettings
+        @staticmethod
+        def fingerprint():
+            return "abc"
+
+
+def test_refresh_refuses_rows_of_another_zoo_or_rows_it_does_not_have():
+    import pytest
+
+    entry = {"suite": "tasks8", "tasks": ["a"], "settings": {}, "zoo_fingerprint": "old",
+             "rows": [{"method": "iso_c", "kind": "data-free"}]}
+    with pytest.raises(SystemExit, match="zoo old, the zoo at /zoo is abc"):
+        refresh_data_free(_FingerprintZoo(), entry, ["iso_c"], None)
+    with pytest.raises(SystemExit, match="no stored data-free row 'tsv'"):
+        refresh_data_free(_FingerprintZoo(), {**entry, "zoo_fingerprint": "abc"}, ["tsv"], None)
 
 
 class _TinyZoo:
