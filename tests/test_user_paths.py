@@ -159,6 +159,14 @@ def test_a_broken_lora_merge_config_is_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_flags_a_lora_replay_cannot_honour_are_refused_not_ignored(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"method": "tsv", "base_model": "b", "models": ["a", "c"],
+                                                     "lora": {"output": "model"}}))
+    for flags, named in ((["--workers", "2"], "--workers"), (["--ray", "local"], "--ray"), (["--prefix", "bert."], "--prefix")):
+        result = CliRunner().invoke(main, ["merge", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"), *flags])
+        assert result.exit_code == 2 and f"error: {named} does not apply to replaying a LoRA merge" in result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
 
 # -- friction --------------------------------------------------------------------------------
 def test_top_level_help_does_not_import_torch():

@@ -94,6 +94,11 @@ def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_add
     set_threads(threads)
     data = _read_config_file(config)
     if isinstance(data, dict) and "lora" in data:  # written by `mdamerge lora`: replay the LoRA merge
+        unused = [flag for flag, value in (("--workers", workers), ("--ray", ray_address), ("--prefix", prefix))
+                  if value is not None]
+        if unused:
+            raise MergeError(f"{unused[0]} does not apply to replaying a LoRA merge ({config}): the replay merges "
+                             "adapters weight by weight in this process, as `mdamerge lora` did")
         with interrupts_as_errors(out_dir):
             return _replay_lora(config, out_dir, device, dtype, overwrite, quiet)
     if isinstance(data, dict) and data.get("method") in ADAPTIVE_HINTS:
