@@ -35,6 +35,7 @@ provides that interface (e.g. the text suite) runs the same sections.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import platform
@@ -52,7 +53,7 @@ from mdamerge.diagnostics.alignment_angles import (
 from mdamerge.diagnostics.cka import block_names, cka_by_layer, layer_features
 from mdamerge.diagnostics.etf import class_means, delta_etf
 from mdamerge.diagnostics.task_vectors import default_k
-from mdamerge.evaluation.bench import MDA_OPTIONS, data_free_methods, run_bench
+from mdamerge.evaluation.bench import MDA_OPTIONS, data_free_methods, run_bench, zoo_adaptive_defaults
 from mdamerge.methods.linalg import polar_factor, rebuild
 from mdamerge.zoo.tasks import resolve_tasks
 
@@ -64,6 +65,29 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_BASED = ["adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot"]
 MDA_DEFAULTS = {"etf_side": "left", "etf_over": "directions", "polar": True}
 SIGN_SCALINGS = (0.4, 0.5, 0.6, 0.8, 1.0)
+# Data-based steps on a zoo without its own budget (the vision zoo; FusionBench: 1000). A zoo with
+# ``ADAPTIVE_DEFAULTS`` (the text zoo: 30 steps of batch 8, lr 5e-3) runs its own budget, as the bench does.
+PAPER_STEPS = 100
+
+
+def default_steps(zoo) -> int:
+    """Data-based steps when ``--steps`` is not given: the zoo's own budget, else :data:`PAPER_STEPS`."""
+    return getattr(zoo, "ADAPTIVE_DEFAULTS", {}).get("steps", PAPER_STEPS)
+
+
+def data_based_options(zoo, method: str, steps: int) -> dict:
+    """Keyword options of a data-based method on ``zoo``: the zoo's budget (batch, lr, ... as the bench
+    passes them, so the text zoo's methods run at its CPU-sized batch) with ``steps`` steps."""
+    from mdamerge.adaptation import ADAPTIVE_METHODS
+
+    return {**zoo_adaptive_defaults(zoo, ADAPTIVE_METHODS[method]), "steps": steps, "progress": False}
+
+
+def method_default_batch() -> int:
+    """The data-based methods' own batch size per task (what runs where the zoo sets none)."""
+    from mdamerge.adaptation import adamerging
+
+    return inspect.signature(adamerging).parameters["batch_size"].default
 
 
 # ---------------------------------------------------------------------------
@@ -189,8 +213,8 @@ def section_compute(zoo, suite, tasks, args) -> dict:
             timer.reset()
             with PeakMemory() as mem:
                 start = time.perf_counter()
-                result = ADAPTIVE_METHODS[method](zoo, tasks, device=args.device, seed=args.seed, steps=args.steps,
-                                                  progress=False)
+                result = ADAPTIVE_METHODS[method](zoo, tasks, device=args.device, seed=args.seed,
+                                                  **data_based_options(zoo, method, args.steps))
                 seconds = time.perf_counter() - start
             steps = list(timer.durations)
             rows.append(summarise(method, "data-based", evaluate(result.state_dict, result.feature_transforms),
@@ -201,7 +225,11 @@ def section_compute(zoo, suite, tasks, args) -> dict:
             del result
     finally:
         timer.close()
-    return {"rows": rows, "cka_samples": args.cka_samples, "steps": args.steps, "layers": evaluate.layers}
+    budget = {k: v for k, v in getattr(zoo, "ADAPTIVE_DEFAULTS", {}).items() if k != "steps"}
+    return {"rows": rows, "cka_samples": args.cka_samples, "steps": args.steps, "layers": evaluate.layers,
+            "budget": {"batch_size": method_default_batch(), **budget},
+            "parameters": sum(v.numel() for v in base.values() if v.is_floating_point()),
+            "cka_used": sorted({len(x) for x in evaluate.cka_inputs.values()})}
 
 
 def section_angles(zoo, suite, tasks, args) -> dict:
@@ -233,7 +261,7 @@ def section_angles(zoo, suite, tasks, args) -> dict:
 
 def section_unseen(zoo, suite, tasks, args) -> dict:
     methods = ",".join(["data-free", *args.data_based])
-    options = {"mda": dict(MDA_DEFAULTS), **{m: {"steps": args.steps, "progress": False} for m in args.data_based}}
+    options = {"mda": dict(MDA_DEFAULTS), **{m: data_based_options(zoo, m, args.steps) for m in args.data_based}}
     res = run_bench(suite, methods, zoo=zoo, device=args.device, seed=args.seed, val_limit=args.val_limit,
                     progress=False, method_options=options, unseen=args.unseen, log=log)
     rows = [{"method": r.name, "kind": r.kind, "params": r.params, **res.split_averages(r.name),
@@ -277,6 +305,8 @@ ACROSS = "across suites"  # the store's key for sections that span suites
 CHOICE_SOURCES = ("docs/results.json", "docs/results_text.json")
 CHOICE_POOL = "tasks20"
 ACROSS_SECTIONS = ("choice",)
+SUBSET_SEARCH = "MDA searched on this subset"  # the choice section's row label for --choice-search
+VISION_SUITES = ("tasks8", "tasks14", "tasks20")
 
 
 def option_key(params: dict) -> str:
@@ -370,7 +400,7 @@ def section_choice(zoo, suite, tasks, args) -> dict:
         if chosen != MDA_DEFAULTS:
             runs.append(("mda", {"mda": dict(chosen)}, {"mda": "MDA all-suite choice"}))
         if args.choice_search:
-            runs.append(("mda", None, {"mda": "MDA searched on this subset"}))
+            runs.append(("mda", None, {"mda": SUBSET_SEARCH}))
         rows = []
         for methods, options, labels in runs:
             start = time.perf_counter()
@@ -568,8 +598,8 @@ def section_sensitivity(zoo, suite, tasks, args) -> dict:
     def run(alpha, beta, diversity):
         start = time.perf_counter()
         result = ADAPTIVE_METHODS[args.sensitivity_method](
-            zoo, tasks, device=args.device, seed=args.seed, steps=args.sensitivity_steps, progress=False,
-            alpha=alpha, beta=beta, diversity=diversity)
+            zoo, tasks, device=args.device, seed=args.seed, alpha=alpha, beta=beta, diversity=diversity,
+            **data_based_options(zoo, args.sensitivity_method, args.sensitivity_steps))
         per_task = evaluate(result.state_dict, result.feature_transforms, cka=False)
         return {**summarise(args.sensitivity_method, "variant", per_task), "alpha": alpha, "beta": beta,
                 "diversity": diversity, "seconds": time.perf_counter() - start}
@@ -615,16 +645,41 @@ def table(headers, rows) -> list[str]:
             *["| " + " | ".join(str(c) for c in r) + " |" for r in rows], ""]
 
 
+def budget_text(d: dict) -> str:
+    """The data-based budget of a compute section: batch per task and the zoo's other settings."""
+    budget = dict(d.get("budget") or {"batch_size": 16})  # sections stored before the budget was recorded: batch 16
+    text = f"batch {budget.pop('batch_size')} per task"
+    return text + "".join(f", {k} {v}" for k, v in budget.items())
+
+
+def size_text(d: dict) -> str:
+    if "parameters" not in d:  # stored before the size was recorded: the vision zoo
+        return "the vision zoo's models are 1.2 M parameters, 5 MB each"
+    return f"the zoo's backbone has {d['parameters'] / 1e6:.1f} M parameters, {4 * d['parameters'] / 2**20:.0f} MB in float32"
+
+
+def cka_inputs_text(d: dict) -> str:
+    used = d.get("cka_used")
+    if used and max(used) < d["cka_samples"]:  # every task has fewer test inputs than the cap
+        return f"all test inputs of each task ({'/'.join(map(str, used))}; the cap {d['cka_samples']} not reached)"
+    return f"the first {d['cka_samples']} test inputs of each task"
+
+
+def layer_label(name: str) -> str:
+    """``encoder.layers.3`` / ``encoder.layer.3`` -> ``block 3``; other names unchanged."""
+    return re.sub(r"^.*\.(\d+)$", r"block \1", name)
+
+
 def render_compute(d: dict) -> list[str]:
-    lines = [f"Data-based methods: **{d['steps']} steps** (batch 16 per task; FusionBench uses 1000). Data-free methods "
+    lines = [f"Data-based methods: **{d['steps']} steps** ({budget_text(d)}; FusionBench uses 1000 of batch 16). Data-free methods "
              "with their published defaults (no validation search). Merge wall time and peak memory are measured "
              "around the merge alone, in one process (peak resident memory above what the process held before the "
              "merge; the kernel's high-water mark is reset per method), with the base and fine-tuned state dicts "
              "already in memory. Data-based: total = setup (loading the unlabeled data, building the parameter space, "
              "Procrustes initialisation, MDA-AM's AdaMerging stage is counted in its steps) + steps x time per step. "
              "Caveat: memory the process freed earlier (evaluation, data) is reused by later allocations without "
-             "raising the high-water mark, so the small data-free figures are lower bounds (the zoo's models are "
-             "1.2 M parameters, 5 MB each); benchmarks/scale.py measures merge memory in fresh processes.", ""]
+             "raising the high-water mark, so the small data-free figures are lower bounds "
+             f"({size_text(d)}); benchmarks/scale.py measures merge memory in fresh processes.", ""]
     rows = []
     for r in d["rows"]:
         if r["kind"] == "reference":
@@ -640,9 +695,10 @@ def render_compute(d: dict) -> list[str]:
     layers = d["layers"] + ["features"]
     lines += ["#### Delta_ETF and linear CKA with the fine-tuned models", "",
               f"Delta_ETF of the class-mean features (docs/diagnostics.md), mean over tasks. CKA: linear CKA between "
-              f"the model's and the task's fine-tuned model's class-token features after each block (and the output "
-              f"features), on the first {d['cka_samples']} test inputs of each task, mean over tasks.", ""]
-    lines += table(["model", "acc. (%)", "Delta_ETF", *[f"CKA {l.replace('encoder.layers.', 'block ')}" for l in layers]],
+              f"the model's and the task's fine-tuned model's first-token features after each block (the class "
+              f"token; [CLS] in a text encoder) and the output features (what the heads see), on {cka_inputs_text(d)}, "
+              f"mean over tasks.", ""]
+    lines += table(["model", "acc. (%)", "Delta_ETF", *[f"CKA {layer_label(l)}" for l in layers]],
                    [[r["method"], fmt(r["acc"]), fmt(r["delta_etf"], 3), *[fmt(r.get("cka", {}).get(l), 3) for l in layers]]
                     for r in d["rows"]])
     return lines
@@ -805,7 +861,7 @@ def choice_statement(d: dict) -> str:
         text += f", TSV-M's mean is {tsv_mean:.2f}% (best option set {gap:+.2f})"
     text += "."
     parts = []
-    for label in ("MDA fixed defaults", "MDA all-suite choice", "MDA searched on this subset"):
+    for label in ("MDA fixed defaults", "MDA all-suite choice", SUBSET_SEARCH):
         diffs = choice_confirm_diffs(d, label)
         if diffs:
             mean = sum(diffs) / len(diffs)
@@ -832,6 +888,50 @@ RENDER = {"compute": ("Compute, Delta_ETF and CKA (items 3, 4)", render_compute)
           "ranks": ("Rank sweep of data-free MDA (item 5)", render_ranks),
           "choice": ("MDA's options chosen on all suites together, confirmed on new task combinations (item 6)",
                      render_choice)}
+
+
+def span(values, digits: int, unit: str) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}{unit}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}-{hi:.{digits}f}{unit}"
+
+
+def compute_statement(c: dict) -> str | None:
+    """What the compute table says about cost: data-free vs data-based wall time, AdaMerging vs MDA's variants."""
+    timed = [r for r in c["rows"] if r.get("seconds") is not None]
+    free = [r for r in timed if r["kind"] == "data-free"]
+    based = [r for r in timed if r["kind"] == "data-based"]
+    if not free:
+        return None
+    rows = {r["method"]: r for r in timed}
+    text = f"- **Compute** (merge wall time, one process): data-free merges take {span([r['seconds'] for r in free], 2, ' s')}"
+    if "mda" in rows and "tsv" in rows:
+        text += f" (data-free MDA {rows['mda']['seconds']:.2f} s, TSV-M {rows['tsv']['seconds']:.2f} s)"
+    if based:
+        slowest = max(based, key=lambda r: r["seconds"])
+        text += f"; the data-based methods {span([r['seconds'] for r in based], 0, ' s')} at {c['steps']} steps"
+        ada = [r for r in based if r["method"].startswith("adamerging")]
+        mda = [r for r in based if r["method"].startswith("mda")]
+        per_step = lambda rs: span([1000 * r["step_seconds"] for r in rs if r.get("step_seconds")], 0, " ms")  # noqa: E731
+        if ada and mda:
+            text += (f": AdaMerging {span([r['seconds'] for r in ada], 0, ' s')} ({per_step(ada)} per step), "
+                     f"MDA's data-based variants {span([r['seconds'] for r in mda], 0, ' s')} ({per_step(mda)} per step, "
+                     f"setup {span([r['setup_seconds'] for r in mda], 1, ' s')})")
+        if "mda" in rows and rows["mda"]["seconds"] > 0:
+            text += (f". The slowest, {slowest['method']}, takes {slowest['seconds'] / rows['mda']['seconds']:.0f}x "
+                     "data-free MDA's merge time")
+    return text + "."
+
+
+def search_verdict(fixed: dict, searched: dict) -> str:
+    """Whether the 12-option validation search paid on test against the fixed defaults."""
+    dv, dt = searched["val"] - fixed["val"], searched["test"] - fixed["test"]
+    if f"{dt:.1f}" in ("0.0", "-0.0"):
+        return "On test the search and the fixed defaults tie."
+    verb = "gains" if dt > 0 else "loses"
+    text = f"The search {verb} {abs(dt):.1f} test points against the fixed defaults"
+    if dv > 0 and dt < 0:
+        text += f" despite its {dv:.1f}-point lead on validation"
+    return text + "."
 
 
 def statements(sections: dict) -> list[str]:
@@ -869,6 +969,9 @@ def statements(sections: dict) -> list[str]:
             f"pretrained {rows['pretrained']['cka'][layer]:.3f}"
             + (f", TSV-M {rows['tsv']['cka'][layer]:.3f}, data-free MDA {rows['mda']['cka'][layer]:.3f}" if "mda" in rows else "")
             + ". Higher CKA goes with higher accuracy only loosely (see the table).")
+        cost = compute_statement(c)
+        if cost:
+            out.append(cost)
     a = sections.get("angles")
     if a:
         o = a["overall"]
@@ -922,7 +1025,7 @@ def statements(sections: dict) -> list[str]:
                 f"tests {fixed['test']:.1f}% against TSV-M's {tsv['test']:.1f}% ({fixed['test'] - tsv['test']:+.1f} points); "
                 f"the 12-option search picks {', '.join(f'{k}={v}' for k, v in searched['params'].items())} "
                 f"(validation {searched['val']:.1f}% vs {fixed['val']:.1f}% for the defaults) and tests {searched['test']:.1f}% "
-                f"({searched['test'] - tsv['test']:+.1f} vs TSV-M).")
+                f"({searched['test'] - tsv['test']:+.1f} vs TSV-M). " + search_verdict(fixed, searched))
     g = sections.get("signs")
     if g:
         acc = {r["variant"]: r for r in g["accuracy"]}
@@ -999,9 +1102,18 @@ def not_covered(store: dict) -> str:
     text = [s for s in store if s.startswith("text")]
     if not any("ranks" in store[s] for s in text):
         missing.append("the rank sweep on the text suite (`--suite text8 --sections ranks`)")
-    absent = [k for k in ("compute", "angles", "defaults", "signs") if not any(k in store[s] for s in text)]
+    absent = [k for k in ("compute", "angles", "unseen", "defaults", "signs") if not any(k in store[s] for s in text)]
     if absent:
         missing.append(f"the text suite's {', '.join(absent)} sections (`--suite text8 --sections {','.join(absent)}`)")
+    # item 3/4: Delta_ETF, CKA and compute on every suite
+    without = [s for s in VISION_SUITES if "compute" not in store.get(s, {})]
+    if without:
+        missing.append("the compute table with Delta_ETF and CKA on " + ", ".join(without) + " ("
+                       + "; ".join(f"`--suite {s} --sections compute --steps {PAPER_STEPS}`" for s in without) + ")")
+    choice = store.get(ACROSS, {}).get("choice")
+    if choice and not any(r["label"] == SUBSET_SEARCH for c in choice["confirm"] for r in c["rows"]):
+        missing.append("the 12-option search on each confirmation combination beside the fixed and all-suite "
+                       "choices (`--sections choice --choice-search`)")
     return "Not covered here yet: " + "; ".join(missing) + "."
 
 
@@ -1043,7 +1155,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="tasks8")
     parser.add_argument("--sections", default="compute,angles,unseen,defaults,signs", help=f"comma-separated: {', '.join(SECTIONS)}")
-    parser.add_argument("--steps", type=int, default=100, help="optimisation steps of the data-based methods")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"optimisation steps of the data-based methods (default: the zoo's own budget, "
+                             f"the text zoo's 30; else {PAPER_STEPS})")
     parser.add_argument("--data-based", default=",".join(DATA_BASED), help="data-based methods (compute, unseen)")
     parser.add_argument("--unseen", default="2", help="held-out tasks: N (the suite's last N) or names")
     parser.add_argument("--val-limit", type=int, default=250, help="validation examples per task for searches")
@@ -1071,6 +1185,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "paper_experiments.md"))
     args = parser.parse_args(argv)
     args.data_based = [m for m in args.data_based.split(",") if m]
+    steps_given = args.steps
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1088,6 +1203,7 @@ def main(argv=None) -> None:
             if suite not in opened:
                 opened[suite] = open_suite(suite, args.zoo_root)
             zoo, tasks = opened[suite]
+            args.steps = steps_given if steps_given is not None else default_steps(zoo)
             args.previous = store.get(ACROSS if key in ACROSS_SECTIONS else suite, {}).get(key)
             load_before, start = load_average(), time.perf_counter()
             data = SECTIONS[key](zoo, suite, tasks, args)

@@ -188,3 +188,88 @@ def test_angles_leave_layers_with_more_directions_than_dimensions_out_of_the_poo
     assert abs(out["overall"]["tsv"]["subspace"]["min"] - 90.0) < 1e-6
     assert out["layers"][0]["tsv"]["subspace"]["min"] < 80.0  # the degenerate layer itself, kept per layer
     assert "tok.weight" in "\n".join(pe.render_angles(out))
+
+
+class _BudgetZoo:
+    """A zoo with its own data-based budget, like the text zoo's CPU-sized one."""
+
+    ADAPTIVE_DEFAULTS = {"steps": 30, "batch_size": 8, "lr": 5e-3, "init_samples": 128}
+
+
+def test_data_based_methods_run_the_zoos_own_budget_with_the_requested_steps():
+    from mdamerge.adaptation import ADAPTIVE_METHODS
+
+    assert pe.default_steps(_BudgetZoo()) == 30 and pe.default_steps(object()) == pe.PAPER_STEPS
+    opts = pe.data_based_options(_BudgetZoo(), "mda_ta", 12)
+    assert opts["steps"] == 12 and opts["batch_size"] == 8 and opts["lr"] == 5e-3 and opts["init_samples"] == 128
+    assert opts["progress"] is False
+    # AdaMerging has no Procrustes start: the zoo's init_samples is not passed to it
+    ada = pe.data_based_options(_BudgetZoo(), "adamerging_task", 12)
+    assert "init_samples" not in ada and "init_samples" not in ADAPTIVE_METHODS["adamerging_task"].options
+    assert ada["batch_size"] == 8
+    # a zoo without a budget: only the steps, the methods keep their own batch
+    assert pe.data_based_options(object(), "mda_ta", 100) == {"steps": 100, "progress": False}
+    assert pe.method_default_batch() == 16
+
+
+def _compute_rows():
+    def row(method, kind, seconds=None, steps=None, step_seconds=None, setup_seconds=None):
+        return {"method": method, "kind": kind, "acc": 70.0, "delta_etf": 0.9, "seconds": seconds, "steps": steps,
+                "step_seconds": step_seconds, "setup_seconds": setup_seconds, "params": {},
+                "cka": {"features": 0.9}}
+    return [row("pretrained", "reference"), row("fine-tuned (individual)", "reference"),
+            row("average", "data-free", 0.05), row("tsv", "data-free", 2.0), row("mda", "data-free", 4.0),
+            row("adamerging_task", "data-based", 80.0, 100, 0.79, 1.0),
+            row("adamerging_layer", "data-based", 70.0, 100, 0.69, 1.0),
+            row("mda_ta", "data-based", 130.0, 100, 1.1, 20.0), row("mda_am", "data-based", 160.0, 200, 0.7, 20.0)]
+
+
+def test_compute_statement_reports_the_tables_times():
+    text = pe.compute_statement({"rows": _compute_rows(), "steps": 100})
+    assert "data-free merges take 0.05-4.00 s (data-free MDA 4.00 s, TSV-M 2.00 s)" in text
+    assert "the data-based methods 70-160 s at 100 steps" in text
+    assert "AdaMerging 70-80 s (690-790 ms per step)" in text
+    assert "MDA's data-based variants 130-160 s (700-1100 ms per step, setup 20.0 s)" in text
+    assert "The slowest, mda_am, takes 40x data-free MDA's merge time." in text
+    assert pe.compute_statement({"rows": _compute_rows()[:2], "steps": 100}) is None
+
+
+def test_compute_table_states_the_budget_and_size_it_ran_with():
+    text8 = {"rows": _compute_rows(), "steps": 30, "cka_samples": 320, "layers": ["encoder.layer.0"],
+             "budget": {"batch_size": 8, "lr": 0.005, "init_samples": 128}, "parameters": 22_565_376}
+    page = "\n".join(pe.render_compute(text8))
+    assert "**30 steps** (batch 8 per task, lr 0.005, init_samples 128;" in page
+    assert "22.6 M parameters, 86 MB in float32" in page and "| CKA block 0 |" in page
+    assert "on the first 320 test inputs of each task" in page
+    text8["cka_used"], text8["cka_samples"] = [320], 500  # every task has fewer test inputs than the cap
+    assert "on all test inputs of each task (320; the cap 500 not reached)" in "\n".join(pe.render_compute(text8))
+    stored_before = {k: v for k, v in text8.items() if k not in ("budget", "parameters")}
+    assert "(batch 16 per task;" in "\n".join(pe.render_compute(stored_before))
+
+
+def test_not_covered_lists_exactly_the_sections_the_store_lacks():
+    choice = {"confirm": [{"tasks": ["a"], "rows": [{"label": "TSV-M"}, {"label": "MDA fixed defaults"}]}]}
+    store = {"tasks8": {"compute": {}, "sensitivity": {"grid": "full", "rows": [{"diversity": 0.0}] * 16}},
+             "text8": {"angles": {}, "ranks": {}, "signs": {}}, pe.ACROSS: {"choice": choice}}
+    line = pe.not_covered(store)
+    assert "the text suite's compute, unseen, defaults sections (`--suite text8 --sections compute,unseen,defaults`)" in line
+    assert "Delta_ETF and CKA on tasks14, tasks20" in line and "--suite tasks8 --sections compute" not in line
+    assert "--choice-search" in line and "rank sweep" not in line and "4 x 4" not in line
+    store["text8"].update(compute={}, unseen={}, defaults={})
+    store.update(tasks14={"compute": {}}, tasks20={"compute": {}})
+    choice["confirm"][0]["rows"].append({"label": pe.SUBSET_SEARCH})
+    assert pe.not_covered(store) == ("Not covered here yet: the scale trend on a wider zoo backbone "
+                                     "(not part of this page: see docs/results.md).")
+
+
+def test_defaults_statement_says_whether_the_option_search_paid_on_test():
+    def rows(searched_val, searched_test):
+        return {"rows": [{"method": "tsv", "choice": "defaults, scaling on validation", "params": {}, "val": 78.2, "test": 77.7},
+                         {"method": "mda", "choice": "defaults, scaling on validation", "params": {}, "val": 78.2, "test": 77.7},
+                         {"method": "mda", "choice": "12 option sets x scaling on validation",
+                          "params": {"etf_side": "right"}, "val": searched_val, "test": searched_test}]}
+    text = pe.statements({"defaults": rows(78.9, 77.3)})[0]
+    assert "tests 77.7% against TSV-M's 77.7% (+0.0 points)" in text and "etf_side=right" in text
+    assert text.endswith("The search loses 0.4 test points against the fixed defaults despite its 0.7-point lead on validation.")
+    assert pe.statements({"defaults": rows(78.9, 78.2)})[0].endswith("The search gains 0.5 test points against the fixed defaults.")
+    assert pe.statements({"defaults": rows(78.0, 77.72)})[0].endswith("On test the search and the fixed defaults tie.")
