@@ -273,3 +273,35 @@ def test_defaults_statement_says_whether_the_option_search_paid_on_test():
     assert text.endswith("The search loses 0.4 test points against the fixed defaults despite its 0.7-point lead on validation.")
     assert pe.statements({"defaults": rows(78.9, 78.2)})[0].endswith("The search gains 0.5 test points against the fixed defaults.")
     assert pe.statements({"defaults": rows(78.0, 77.72)})[0].endswith("On test the search and the fixed defaults tie.")
+
+
+def test_sign_statement_reports_the_test_of_a_variant_that_leaves_tsv_on_validation():
+    signs = {"changes": [{"where": "zoo", "K": 374, "lapack": 0.07}],
+             "accuracy": [{"variant": "TSV-M", "val": 62.50, "test": 63.44},
+                          {"variant": "MDA canonical signs", "val": 63.05, "test": 63.32},
+                          {"variant": "MDA LAPACK signs", "val": 62.73, "test": 63.28}]}
+    text = pe.statements({"signs": signs})[0]
+    assert text.endswith("MDA canonical signs is +0.55 points from TSV-M on validation (more than half a point) "
+                         "and -0.1 on test (63.3%): the validation gap does not carry over to test.")
+    signs["accuracy"][1].update(val=62.9)
+    assert pe.statements({"signs": signs})[0].endswith(
+        "No sign choice separates from TSV-M by more than half a point on validation.")
+
+
+def test_compute_statement_says_which_methods_count_an_adamerging_stage_in_their_steps():
+    text = pe.compute_statement({"rows": _compute_rows(), "steps": 100})
+    assert "at 100 steps (mda_am: their AdaMerging stage counted in their steps)" in text
+
+
+def test_delta_etf_statement_says_how_far_from_an_etf_the_closest_model_is():
+    rows = _compute_rows()
+    for r, etf in zip(rows, (0.517, 0.579, 0.500, 0.567, 0.567, 0.499, 0.498, 0.501, 0.490)):
+        r["delta_etf"] = etf
+    text = pe.statements({"compute": {"rows": rows, "steps": 30}})[0]
+    assert "every merged model measures 0.490-0.567 (lowest mda_am, highest tsv)" in text
+    assert "The lowest MDA variant (mda_am, 0.490) is 0.008 below the lowest baseline (adamerging_layer, 0.498)." in text
+    assert ("(the lowest Delta_ETF of any model here, the fine-tuned ones included, is 0.490), and the merged models "
+            "differ in Delta_ETF by at most 0.077: the paper's claim") in text
+    rows[-1]["delta_etf"] = 0.2  # an MDA variant well below every baseline, near an ETF
+    text = pe.statements({"compute": {"rows": rows, "steps": 30}})[0]
+    assert "close to a simplex ETF" not in text and text.endswith("MDA lowers Delta_ETF by at least 0.01 here.")
