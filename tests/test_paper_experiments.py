@@ -269,7 +269,8 @@ def test_defaults_statement_says_whether_the_option_search_paid_on_test():
                          {"method": "mda", "choice": "12 option sets x scaling on validation",
                           "params": {"etf_side": "right"}, "val": searched_val, "test": searched_test}]}
     text = pe.statements({"defaults": rows(78.9, 77.3)})[0]
-    assert "tests 77.7% against TSV-M's 77.7% (+0.0 points)" in text and "etf_side=right" in text
+    assert "tests 77.7% against TSV-M's 77.7% (+0.0 points; validation 78.2% vs 78.2%); " in text
+    assert "etf_side=right" in text
     assert text.endswith("The search loses 0.4 test points against the fixed defaults despite its 0.7-point lead on validation.")
     assert pe.statements({"defaults": rows(78.9, 78.2)})[0].endswith("The search gains 0.5 test points against the fixed defaults.")
     assert pe.statements({"defaults": rows(78.0, 77.72)})[0].endswith("On test the search and the fixed defaults tie.")
@@ -305,3 +306,14 @@ def test_delta_etf_statement_says_how_far_from_an_etf_the_closest_model_is():
     rows[-1]["delta_etf"] = 0.2  # an MDA variant well below every baseline, near an ETF
     text = pe.statements({"compute": {"rows": rows, "steps": 30}})[0]
     assert "close to a simplex ETF" not in text and text.endswith("MDA lowers Delta_ETF by at least 0.01 here.")
+
+
+def test_defaults_statement_flags_a_test_gap_that_validation_orders_the_other_way():
+    rows = [{"method": "tsv", "choice": "defaults, scaling on validation", "params": {}, "val": 63.83, "test": 63.09},
+            {"method": "mda", "choice": "defaults, scaling on validation", "params": {}, "val": 63.20, "test": 63.67},
+            {"method": "mda", "choice": "12 option sets x scaling on validation", "params": {}, "val": 63.75, "test": 63.05}]
+    text = pe.statements({"defaults": {"rows": rows}})[0]
+    assert ("tests 63.7% against TSV-M's 63.1% (+0.6 points; validation 63.2% vs 63.8%, the reverse order, "
+            "so the test gap is not a separation); ") in text
+    rows[0]["val"] = 63.1  # validation agrees with test: no note
+    assert "reverse order" not in pe.statements({"defaults": {"rows": rows}})[0]
