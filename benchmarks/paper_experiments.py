@@ -1126,7 +1126,8 @@ def not_covered(store: dict) -> str:
         missing.append("the rank sweep on the text suite (`--suite text8 --sections ranks`)")
     absent = [k for k in ("compute", "angles", "unseen", "defaults", "signs") if not any(k in store[s] for s in text)]
     if absent:
-        missing.append(f"the text suite's {', '.join(absent)} sections (`--suite text8 --sections {','.join(absent)}`)")
+        missing.append(f"the text suite's {', '.join(absent)} section{'s' if len(absent) > 1 else ''} "
+                       f"(`--suite text8 --sections {','.join(absent)}`)")
     # item 3/4: Delta_ETF, CKA and compute on every suite
     without = [s for s in VISION_SUITES if "compute" not in store.get(s, {})]
     if without:

@@ -255,7 +255,9 @@ def test_not_covered_lists_exactly_the_sections_the_store_lacks():
     assert "the text suite's compute, unseen, defaults sections (`--suite text8 --sections compute,unseen,defaults`)" in line
     assert "Delta_ETF and CKA on tasks14, tasks20" in line and "--suite tasks8 --sections compute" not in line
     assert "--choice-search" in line and "rank sweep" not in line and "4 x 4" not in line
-    store["text8"].update(compute={}, unseen={}, defaults={})
+    store["text8"].update(compute={}, defaults={})
+    assert "the text suite's unseen section (`--suite text8 --sections unseen`)" in pe.not_covered(store)
+    store["text8"].update(unseen={})
     store.update(tasks14={"compute": {}}, tasks20={"compute": {}})
     choice["confirm"][0]["rows"].append({"label": pe.SUBSET_SEARCH})
     assert pe.not_covered(store) == ("Not covered here yet: the scale trend on a wider zoo backbone "
