@@ -319,3 +319,21 @@ def test_defaults_statement_flags_a_test_gap_that_validation_orders_the_other_wa
             "so the test gap is not a separation); ") in text
     rows[0]["val"] = 63.1  # validation agrees with test: no note
     assert "reverse order" not in pe.statements({"defaults": {"rows": rows}})[0]
+
+
+def test_unseen_statement_compares_the_top_seen_backbone_with_the_median_loss_and_notes_scalings():
+    def row(method, kind, seen, unseen, **params):
+        return {"method": method, "kind": kind, "seen": seen, "unseen": unseen, "params": params}
+    rows = [row("pretrained", "reference", 0.657, 0.512), row("tsv", "data-free", 0.677, 0.420, scaling=0.8),
+            row("mda", "data-free", 0.680, 0.448, scaling=0.6), row("task_arithmetic", "data-free", 0.667, 0.506),
+            row("iso_c", "data-free", 0.690, 0.460), row("mda_am", "data-based", 0.648, 0.500)]
+    text = pe.statements({"unseen": {"unseen": ["a", "b"], "rows": rows}})[0]
+    assert "data-free MDA 44.8% vs TSV-M 42.0% (+2.8 points, at validation-chosen scalings 0.6 vs 0.8)" in text
+    # gaps (points): tsv -9.2, mda -6.4, ta -0.6, iso_c -5.2, mda_am -1.2 -> median -5.2
+    assert "(-9.2 to -0.6 points, median -5.2):" in text  # mda_am is below pretrained on the seen tasks too
+    assert "the backbone that gains most on the seen tasks, iso_c (+3.3 seen), loses 5.2 on the unseen ones, " \
+           "about as much as the median or more." in text
+    rows[4]["unseen"] = 0.505  # iso_c now loses only 0.7
+    assert "less than the median" in pe.statements({"unseen": {"unseen": ["a", "b"], "rows": rows}})[0]
+    rows[2]["params"]["scaling"] = 0.8
+    assert "validation-chosen scalings" not in pe.statements({"unseen": {"unseen": ["a", "b"], "rows": rows}})[0]
