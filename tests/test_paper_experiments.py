@@ -337,3 +337,8 @@ def test_unseen_statement_compares_the_top_seen_backbone_with_the_median_loss_an
     assert "less than the median" in pe.statements({"unseen": {"unseen": ["a", "b"], "rows": rows}})[0]
     rows[2]["params"]["scaling"] = 0.8
     assert "validation-chosen scalings" not in pe.statements({"unseen": {"unseen": ["a", "b"], "rows": rows}})[0]
+
+
+def test_page_lists_suites_in_the_projects_order_and_the_cross_suite_part_last():
+    names = ["text8", pe.ACROSS, "tasks14", "tasks8", "mine"]
+    assert sorted(names, key=pe.suite_order) == ["tasks8", "tasks14", "text8", "mine", pe.ACROSS]
