@@ -342,3 +342,18 @@ def test_unseen_statement_compares_the_top_seen_backbone_with_the_median_loss_an
 def test_page_lists_suites_in_the_projects_order_and_the_cross_suite_part_last():
     names = ["text8", pe.ACROSS, "tasks14", "tasks8", "mine"]
     assert sorted(names, key=pe.suite_order) == ["tasks8", "tasks14", "text8", "mine", pe.ACROSS]
+
+
+def test_memory_above_start_is_floored_at_zero_and_unmeasured_stays_unmeasured():
+    assert pe.above_start(-0.4) == 0.0 and pe.above_start(12.5) == 12.5 and pe.above_start(None) is None
+
+
+def test_choice_page_says_the_searched_row_also_chose_its_options_only_when_there_is_one():
+    row = lambda label, test: {"label": label, "params": {"scaling": 0.6}, "val": 80.0, "test": test}  # noqa: E731
+    d = {"sources": {}, "options": [{"options": {}, "suites": {}, "mean": 1.0}] * 12, "defaults": {"x": 1}, "chosen": {"x": 2},
+         "confirm": [{"tasks": ["a", "b"], "rows": [row("TSV-M", 80.0), row("MDA fixed defaults", 80.1)]}],
+         "size": 2, "pool": "tasks20", "seed": 0, "val_limit": 250}
+    assert "also its option set" not in "\n".join(pe.render_choice(d))
+    d["confirm"][0]["rows"].append(row(pe.SUBSET_SEARCH, 80.5))
+    text = "\n".join(pe.render_choice(d))
+    assert f"the row '{pe.SUBSET_SEARCH}' also its option set, among the 12" in text and "+0.50" in text
