@@ -129,6 +129,24 @@ def test_routes_without_scipy_give_the_same_result(monkeypatch):
     torch.testing.assert_close(linalg.polar_factor(a), polar_with, rtol=0, atol=1e-12)
 
 
+def test_merge_worker_threads_take_the_torch_routes_and_agree_with_the_main_thread():
+    """SciPy's wrappers hold the GIL, so ``--workers`` threads must not use them; the result is the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mdamerge.methods import linalg
+
+    gen = torch.Generator().manual_seed(6)
+    a = decaying_matrix(120, 70, 0.9, seed=6).double() + 1e-3 * torch.randn(120, 70, generator=gen, dtype=torch.float64)
+    assert linalg._scipy() is not None
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(linalg._scipy).result() is None
+        u, s, vh = pool.submit(linalg.top_k_svd, a, 20).result()
+        polar = pool.submit(linalg.polar_factor, a).result()
+    u0, s0, vh0 = linalg.top_k_svd(a, 20)
+    torch.testing.assert_close((u * s) @ vh, (u0 * s0) @ vh0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(polar, linalg.polar_factor(a), rtol=0, atol=1e-12)
+
+
 def _with_spectrum(m, n, s, seed):
     from test_svd_exact import _spectral  # random orthonormal frames with the spectrum s
 

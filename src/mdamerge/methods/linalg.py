@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -72,7 +73,14 @@ def top_k_svd(
 
 
 def _scipy():
-    """``scipy.linalg`` when installed (LAPACK/BLAS routines torch does not expose), else ``None``."""
+    """``scipy.linalg`` when installed (LAPACK/BLAS routines torch does not expose) and called from the
+    main thread, else ``None`` (callers then use torch's routines).
+
+    SciPy's LAPACK/BLAS wrappers hold the GIL, so in ``--workers N`` merge threads they would run one
+    at a time (measured: 8 syevd calls take as long on 2 threads as on 1); torch's release it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
     try:
         import scipy.linalg
         import scipy.linalg.blas
