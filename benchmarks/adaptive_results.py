@@ -102,6 +102,24 @@ def summarise(name: str, kind: str, per_task: dict, seconds: float | None, **ext
     }
 
 
+def data_free_row(method: str, base: dict, finetuned: list, evaluate: "Evaluator", device: str, **extra) -> dict:
+    """One data-free method's table row: merged with :data:`DATA_FREE_PARAMS`, timed, evaluated."""
+    params = DATA_FREE_PARAMS.get(method, {})
+    start = time.perf_counter()
+    merged = merge_state_dicts(base, finetuned, method, device=device, **params)
+    seconds = time.perf_counter() - start
+    return summarise(method, "data-free", evaluate(merged), seconds, params=params, **extra)
+
+
+def comma_names(text: str, allowed: list[str], what: str) -> list[str]:
+    """The comma-separated names in ``text``; exits with one line naming the first that is not ``allowed``."""
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        sys.exit(f"error: unknown {what} '{unknown[0]}'; choose from {', '.join(allowed)}")
+    return names
+
+
 def run_suite(zoo: Zoo, suite: str, args) -> dict:
     tasks = resolve_tasks(suite)
     missing = zoo.missing(tasks)
@@ -118,11 +136,8 @@ def run_suite(zoo: Zoo, suite: str, args) -> dict:
         own.update(evaluate(sd, tasks=[t]))
     rows.append(summarise("fine-tuned (individual)", "reference", own, None))
     for method in DATA_FREE:
-        start = time.perf_counter()
-        merged = merge_state_dicts(base, finetuned, method, device=args.device, **DATA_FREE_PARAMS.get(method, {}))
-        seconds = time.perf_counter() - start
-        rows.append(summarise(method, "data-free", evaluate(merged), seconds, params=DATA_FREE_PARAMS.get(method, {})))
-        print(f"[{suite}] {method}: {rows[-1]['acc']:.2f}% in {seconds:.1f}s", flush=True)
+        rows.append(data_free_row(method, base, finetuned, evaluate, args.device))
+        print(f"[{suite}] {method}: {rows[-1]['acc']:.2f}% in {rows[-1]['seconds']:.1f}s", flush=True)
     sweep = []
     for label, fraction in (("0.01", 0.01), ("0.1", 0.1), ("1/T", 1.0 / len(tasks)), ("0.5", 0.5)):
         start = time.perf_counter()
@@ -179,12 +194,9 @@ def refresh_data_free(zoo: Zoo, entry: dict, methods: list[str], args) -> dict:
     finetuned = [zoo.finetuned_state_dict(t) for t in tasks]
     rows = list(entry["rows"])
     for method in methods:
-        start = time.perf_counter()
-        merged = merge_state_dicts(base, finetuned, method, device=args.device, **DATA_FREE_PARAMS.get(method, {}))
-        seconds = time.perf_counter() - start
-        rows[stored[method]] = summarise(method, "data-free", evaluate(merged), seconds,
-                                         params=DATA_FREE_PARAMS.get(method, {}), refreshed=time.strftime("%Y-%m-%d"))
-        print(f"[{entry['suite']}] {method} (refreshed): {rows[stored[method]]['acc']:.2f}% in {seconds:.1f}s", flush=True)
+        row = data_free_row(method, base, finetuned, evaluate, args.device, refreshed=time.strftime("%Y-%m-%d"))
+        rows[stored[method]] = row
+        print(f"[{entry['suite']}] {method} (refreshed): {row['acc']:.2f}% in {row['seconds']:.1f}s", flush=True)
     return {**entry, "rows": rows, "zoo_fingerprint": fingerprint}
 
 
@@ -319,10 +331,7 @@ def main(argv=None) -> None:
                         help="rebuild the Markdown page from the JSON store (recording the zoo's settings fingerprint where missing)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results_adaptive.md"))
     args = parser.parse_args(argv)
-    args.methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in args.methods if m not in ADAPTIVE_METHODS]
-    if unknown:
-        sys.exit(f"error: unknown data-based method '{unknown[0]}'; choose from {', '.join(ADAPTIVE_METHODS)}")
+    args.methods = comma_names(args.methods, list(ADAPTIVE_METHODS), "data-based method")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -337,10 +346,7 @@ def main(argv=None) -> None:
         out.write_text(render(results))
         print(f"wrote {out}")
         return
-    refresh = [m for m in args.refresh_data_free.split(",") if m]
-    unknown = [m for m in refresh if m not in DATA_FREE]
-    if unknown:
-        sys.exit(f"error: unknown data-free method '{unknown[0]}'; choose from {', '.join(DATA_FREE)}")
+    refresh = comma_names(args.refresh_data_free, DATA_FREE, "data-free method")
     for suite in [s for s in args.suites.split(",") if s]:
         if refresh:
             if suite not in results:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import paper_experiments as pe  # noqa: E402
-from adaptive_results import overrides_note, refresh_data_free  # noqa: E402
+from adaptive_results import main as adaptive_main, overrides_note, refresh_data_free  # noqa: E402
 
 from mdamerge.evaluation.bench import MDA_OPTIONS, BenchResult, Row, Trial  # noqa: E402
 
@@ -139,6 +139,17 @@ def test_overrides_note_says_which_rows_were_refreshed_later():
             {"method": "iso_c", "kind": "data-free", "params": {}, "refreshed": "2026-12-01"}]
     note = " ".join(overrides_note(rows))
     assert "iso_c (2026-12-01)" in note and "tsv" not in note and "published defaults" not in note
+
+
+def test_adaptive_results_names_a_mistyped_method_in_one_line_and_writes_nothing(tmp_path):
+    import pytest
+
+    out = tmp_path / "page.md"
+    with pytest.raises(SystemExit, match=r"^error: unknown data-free method 'isoc'; choose from average, "):
+        adaptive_main(["--refresh-data-free", "iso_c,isoc", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"^error: unknown data-based method 'mda_feat'; choose from adamerging"):
+        adaptive_main(["--methods", "mda_feat", "--out", str(out)])
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 class _FingerprintZoo:

@@ -317,11 +317,11 @@ def _times_inverse_sqrt(b: torch.Tensor, vecs: torch.Tensor, svals: torch.Tensor
     ``dsymm`` multiplies by it straight from that triangle (mirroring it costs a third of
     the product at width 768).
     """
-    upper = gram64_upper((vecs * svals.rsqrt()).mT)
+    factor = (vecs * svals.rsqrt()).mT
     sp = _scipy() if b.device.type == "cpu" else None
     if sp is None:
-        return b @ (upper.triu() + upper.triu(1).mT)
-    x, bn = upper.numpy(), b.double().numpy()
+        return b @ gram64(factor)
+    x, bn = gram64_upper(factor).numpy(), b.double().numpy()
     if bn.flags.f_contiguous:  # b is a wide matrix's transpose: BLAS reads it in place
         return torch.from_numpy(sp.blas.dsymm(1.0, x, bn, side=1, lower=0))
     # row-major b: b^T is a Fortran-ordered view, and X b^T is b X transposed
