@@ -33,7 +33,7 @@ from ..io.writer import OutputFolder, replace_file
 from ..zoo.build import Zoo, _progress_bar, _tick
 from ..zoo.finetune import TrainSettings, extract_features, fit_linear_head, head_accuracy, train_loop
 from ..zoo.tasks import TaskData, resolve_tasks
-from .model import encode_inputs, load_encoder, tiny_random_encoder
+from .model import POOLINGS, encode_inputs, load_encoder, tiny_random_encoder
 from .tasks import TEXT_TASKS, TextSizes, class_counts, text_splits
 
 ENCODERS = ("all-MiniLM-L6-v2", "tiny-random-bert")
@@ -55,17 +55,26 @@ class TextZooSettings:
     )
     probe_steps: int = 300
     data_seed: int = 0
+    # "mean" (the stored text8) or "cls": BERT's pooler, so that each fine-tune + head is exactly a
+    # BertForSequenceClassification (textzoo/model.py); left out of the fingerprint while "mean", so
+    # zoos built before the setting existed keep theirs.
+    pooling: str = "mean"
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ConfigError(f"unknown text encoder '{self.encoder}'; choose from {', '.join(ENCODERS)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown text pooling '{self.pooling}'; choose from {', '.join(POOLINGS)}")
 
     @property
     def sizes(self) -> TextSizes:
         return TextSizes(self.train_size, self.val_size, self.test_size)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["pooling"] == "mean":
+            del data["pooling"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "TextZooSettings":
@@ -160,7 +169,7 @@ class TextZoo(Zoo):
         return self._probes[task]
 
     def load_backbone(self, folder: str | Path | None = None):
-        return load_encoder(folder or self.base_dir)
+        return load_encoder(folder or self.base_dir, pooling=self.settings.pooling)
 
     def backbone_from_state_dict(self, state_dict: dict[str, torch.Tensor], device: str = "cpu"):
         from .model import encoder_class
@@ -169,7 +178,7 @@ class TextZoo(Zoo):
             from transformers import AutoConfig
 
             self._config = AutoConfig.from_pretrained(self.base_dir)
-        model = encoder_class()(copy.deepcopy(self._config))
+        model = encoder_class(self.settings.pooling)(copy.deepcopy(self._config))
         model.load_backbone_state(state_dict)
         return model.to(device).eval()
 
@@ -205,9 +214,10 @@ class TextZoo(Zoo):
 
         tokenizer = AutoTokenizer.from_pretrained(source)
         if self.settings.encoder == "tiny-random-bert":
-            model = tiny_random_encoder(len(tokenizer), tokenizer.pad_token_id, seed=self.settings.data_seed)
+            model = tiny_random_encoder(len(tokenizer), tokenizer.pad_token_id, seed=self.settings.data_seed,
+                                        pooling=self.settings.pooling)
         else:
-            model = load_encoder(source)
+            model = load_encoder(source, pooling=self.settings.pooling)
         with OutputFolder(self.base_dir, overwrite=True) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

@@ -1,4 +1,13 @@
-"""The text benchmark's encoder: a Hugging Face ``BertModel`` whose forward returns mean-pooled features.
+"""The text benchmark's encoder: a Hugging Face ``BertModel`` whose forward returns pooled features.
+
+Two poolings (the zoo setting ``pooling``):
+
+* ``"mean"``: the attention-masked mean of the last hidden states (sentence-transformers'
+  pooling; the stored ``text8`` zoo). No ``AutoModelForSequenceClassification`` computes it.
+* ``"cls"``: BERT's own pooler, ``tanh(W h_[CLS] + b)`` -- exactly what
+  ``BertForSequenceClassification`` feeds its ``classifier`` (dropout is off in eval), so a
+  fine-tuned encoder plus its linear head *is* that model and exports as one
+  (:func:`mdamerge.textzoo.export.export_classifiers`).
 
 Inputs are one ``(B, 2, L)`` integer tensor: row 0 holds the token ids (padding = the
 tokenizer's pad id), row 1 the token type ids (0 for the first segment, 1 for the second
@@ -38,9 +47,19 @@ def encode_inputs(tokenizer, texts: list[tuple[str, ...]], max_length: int) -> t
     return torch.stack([enc["input_ids"], enc["token_type_ids"]], dim=1).long()
 
 
+POOLINGS = ("mean", "cls")
+
+
+def encoder_class(pooling: str = "mean"):
+    """The encoder class of a pooling (``mean`` or ``cls``), defined on first use (no transformers at import)."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown text pooling '{pooling}'; choose from {', '.join(POOLINGS)}")
+    return _encoder_classes()[pooling]
+
+
 @functools.lru_cache(maxsize=1)
-def encoder_class():
-    """``MeanPooledBert``, defined on first use so that importing mdamerge does not need transformers."""
+def _encoder_classes():
+    """``{"mean": MeanPooledBert, "cls": ClsPooledBert}``."""
     try:
         import transformers
     except ImportError:
@@ -49,8 +68,10 @@ def encoder_class():
     class MeanPooledBert(transformers.BertModel):
         """``BertModel`` without pooler; ``forward(x)`` is the attention-masked mean of the last hidden states."""
 
+        pooling = "mean"
+
         def __init__(self, config):
-            super().__init__(config, add_pooling_layer=False)
+            super().__init__(config, add_pooling_layer=self.pooling == "cls")
 
         @property
         def feature_dim(self) -> int:
@@ -72,7 +93,10 @@ def encoder_class():
             mask = ids != self.config.pad_token_id
             width = max(1, int(mask.sum(1).max()))
             ids, types, mask = ids[:, :width], types[:, :width], mask[:, :width]
-            hidden = super().forward(input_ids=ids, token_type_ids=types, attention_mask=mask.long()).last_hidden_state
+            out = super().forward(input_ids=ids, token_type_ids=types, attention_mask=mask.long())
+            if self.pooling == "cls":
+                return out.pooler_output
+            hidden = out.last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
@@ -94,16 +118,21 @@ def encoder_class():
                         f"{source}: '{name}' has shape {tuple(state[name].shape)}, the encoder expects {tuple(tensor.shape)}")
             self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
-    return MeanPooledBert
+    class ClsPooledBert(MeanPooledBert):
+        """``BertModel`` with its pooler; ``forward(x)`` is ``pooler_output`` (BertForSequenceClassification's features)."""
+
+        pooling = "cls"
+
+    return {"mean": MeanPooledBert, "cls": ClsPooledBert}
 
 
-def load_encoder(folder: str | Path, device: str | torch.device = "cpu"):
-    """A :class:`MeanPooledBert` from a Hugging Face BERT folder (pooler weights, if any, are ignored)."""
+def load_encoder(folder: str | Path, device: str | torch.device = "cpu", pooling: str = "mean"):
+    """The encoder of ``pooling`` from a Hugging Face BERT folder (``mean`` ignores pooler weights, if any)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} is not a Hugging Face model folder (no config.json)")
     with quiet_transformers():  # the unused pooler of sentence-transformers folders is expected
-        model = encoder_class().from_pretrained(folder)
+        model = encoder_class(pooling).from_pretrained(folder)
     return model.to(device).eval()
 
 
@@ -123,11 +152,11 @@ def quiet_transformers():
             logging.enable_progress_bar()
 
 
-def tiny_random_encoder(vocab_size: int, pad_token_id: int = 0, seed: int = 0):
+def tiny_random_encoder(vocab_size: int, pad_token_id: int = 0, seed: int = 0, pooling: str = "mean"):
     """A 2-layer, width-32 random BERT (CI's stand-in for MiniLM), seeded."""
     import transformers
 
     config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=128, pad_token_id=pad_token_id)
     torch.manual_seed(seed)
-    return encoder_class()(config).eval()
+    return encoder_class(pooling)(config).eval()
