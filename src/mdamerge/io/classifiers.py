@@ -1,0 +1,118 @@
+"""Per-task classifier folders: a merged backbone put back under a fine-tune's prefix with
+that task's own head, so that ``AutoModelForSequenceClassification.from_pretrained(folder)``
+(or ``AutoModelForImageClassification``) loads the merged model for that task as it is.
+
+A folder holds the fine-tune's ``config.json`` (architecture, ``id2label``, ``label2id``,
+``num_labels``, ``problem_type``), the weights (``prefix + name`` for every backbone
+tensor, the head under its original names; sharded with an index when large, like every
+mdamerge output) and the tokenizer or image-processor files, taken from the fine-tune's
+folder, else from the base's.
+
+Used by ``mdamerge merge`` (``OUT/tasks/<task>/`` for classification fine-tunes),
+``mdamerge adapt`` (with each task's learned rotation folded into its head) and
+``mdamerge lora`` (one head per adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import CheckpointError
+from .checkpoint import TensorInfo
+from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, copy_planned_files, plan_non_weight_files
+
+TASKS_DIR = "tasks"
+# Files that describe the input side of a model: copied into each task folder so that
+# AutoTokenizer / AutoImageProcessor load from it as from the fine-tune.
+INPUT_FILE_PATTERN = re.compile(r"(tokenizer|vocab|merges|special_tokens|spiece|sentencepiece|preprocessor|"
+                                r"processor|image_processor|added_tokens)", re.IGNORECASE)
+
+
+def task_folder_name(task: str) -> str:
+    """A task name as a folder name: path separators and leading dots cannot escape ``tasks/``."""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", str(task)).lstrip(".")
+    return name or "task"
+
+
+def read_config(folder: Path, label: str) -> dict:
+    """A model folder's ``config.json`` as a mapping (one-line error when missing or malformed)."""
+    path = Path(folder) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{label}: no config.json in {folder}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{label}: cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{label}: {path} is not a JSON object")
+    return data
+
+
+def input_files(folders: Sequence[Path]) -> list[tuple[str, Path]]:
+    """Tokenizer / image-processor files of the first folder that has any (``(relative name, file)``)."""
+    for folder in folders:
+        if folder is None or not Path(folder).is_dir():
+            continue
+        planned = [(rel, path) for rel, path in plan_non_weight_files(Path(folder))
+                   if "/" not in rel and INPUT_FILE_PATTERN.search(rel)]
+        if planned:
+            return planned
+    return []
+
+
+def write_classifier_folder(
+    folder: Path,
+    backbone,
+    prefix: str,
+    head: Mapping[str, torch.Tensor],
+    config: Mapping,
+    input_sources: Sequence[Path] = (),
+    max_shard_bytes: int = DEFAULT_SHARD_SIZE,
+    backbone_dtype: torch.dtype | None = None,
+) -> Path:
+    """Write one task's classifier into ``folder`` (which must exist and be empty; callers write
+    into their own temporary output folder, which appears atomically).
+
+    ``backbone`` is a tensor source (``keys()``, ``info(name)``, ``get(name)``: a merged output
+    read back lazily, or an in-memory state dict), streamed one tensor at a time;
+    ``prefix`` is the fine-tune's ``base_model_prefix`` with its dot (``"bert."``, or ``""``);
+    ``head`` the task's head tensors under their original names; ``config`` the fine-tune's
+    ``config.json`` content. ``backbone_dtype`` casts floating backbone tensors (default:
+    as stored).
+    """
+    folder = Path(folder)
+    clash = [name for name in head if name.startswith(prefix) and name[len(prefix):] in set(backbone.keys())] if prefix else \
+        [name for name in head if name in set(backbone.keys())]
+    if clash:
+        raise CheckpointError(f"head tensor '{clash[0]}' has the name of a backbone tensor under prefix '{prefix}'")
+    names = list(backbone.keys())
+
+    def out_info(name: str) -> TensorInfo:
+        info = backbone.info(name)
+        if backbone_dtype is not None and info.dtype.is_floating_point:
+            return TensorInfo(info.shape, backbone_dtype)
+        return info
+
+    entries = [(prefix + n, out_info(n)) for n in names]
+    entries += [(n, TensorInfo(tuple(t.shape), t.dtype)) for n, t in head.items()]
+    writer = ShardedWriter(folder, entries, max_shard_bytes)
+    try:
+        for n in names:
+            tensor = backbone.get(n)
+            if backbone_dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(backbone_dtype)
+            writer.write(prefix + n, tensor.detach().cpu().contiguous())
+        for n, t in head.items():
+            writer.write(n, t.detach().cpu().contiguous())
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    (folder / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    copy_planned_files(input_files(input_sources), folder)
+    return folder
