@@ -33,7 +33,8 @@ def problem_from_zoo(zoo, tasks: str | Sequence[str], split: str = "test", max_u
     task_list = resolve_tasks(tasks)
     missing = [t for t in task_list if not zoo.is_built(t)] if hasattr(zoo, "is_built") else []
     if missing:
-        raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")
+        raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build "
+                         f"--tasks {','.join(missing)} --cache {zoo.root.parent}")
     module = zoo.load_backbone()
     base = {k: v.detach().clone() for k, v in module.state_dict().items()}
     finetuned = {t: zoo.finetuned_state_dict(t) for t in task_list}

@@ -142,12 +142,18 @@ def _text_features(model, tokenizer, texts: list[str], device) -> torch.Tensor:
     return model.text_projection(pooled)
 
 
-@torch.no_grad()
 def zero_shot_head(model, tokenizer, task: str, device="cpu", batch_size: int = 256) -> torch.Tensor:
-    """``(num_classes, dim)`` zero-shot head of ``task``: per class the renormalised mean of its
-    normalised prompt embeddings."""
+    """``(num_classes, dim)`` zero-shot head of a benchmark ``task`` (its class names and templates)."""
     names = classnames(task)
-    texts = [p for name in names for p in prompts(task, name)]
+    return prompt_head(model, tokenizer, names, [prompts(task, name) for name in names], device, batch_size)
+
+
+@torch.no_grad()
+def prompt_head(model, tokenizer, names: Sequence[str], class_prompts: Sequence[Sequence[str]], device="cpu",
+                batch_size: int = 256) -> torch.Tensor:
+    """``(num_classes, dim)``: per class the renormalised mean of its normalised prompt embeddings
+    (every class has the same number of prompts)."""
+    texts = [p for listed in class_prompts for p in listed]
     per_class = len(texts) // len(names)
     feats = torch.cat([_text_features(model, tokenizer, texts[i:i + batch_size], device)
                        for i in range(0, len(texts), batch_size)])
@@ -285,3 +291,114 @@ def adaptation_problem(evaluator: ZeroShotEvaluator, finetuned: dict[str, str | 
     heads = {t: zero_shot_linear(evaluator, t) for t in finetuned}
     unlabeled = {t: evaluator.pixels(datasets[t], unlabeled_per_task) for t in finetuned}
     return AdaptationProblem(module, base, tuned, heads, unlabeled)
+
+
+# -- user CLIP models (mdamerge adapt) --------------------------------------------------
+ZERO_SHOT_HEAD = "zero_shot_head.safetensors"
+
+
+def user_clip_problem(cfg, unlabeled: dict, max_memory: int | None):
+    """``mdamerge adapt`` on CLIP: the base's zero-shot heads from each model's ``classnames`` and
+    ``templates``, the fine-tuned vision towers, unlabeled images (see :mod:`mdamerge.adaptation.user_run`)."""
+    from ..adaptation.unlabeled import decode_image
+    from ..adaptation.user_models import DEFAULT_TEMPLATES
+    from ..adaptation.user_run import UserProblem, check_memory
+
+    lacking = next((m.name for m in cfg.models if not m.classnames), None)
+    if lacking:
+        raise MergeError(f"model '{lacking}': a CLIP task needs 'classnames' (label order) for its zero-shot head")
+    wrong = next((t for t, e in unlabeled.items() if e.kind != "image"), None)
+    if wrong:
+        raise MergeError(f"data of '{wrong}' holds texts ({unlabeled[wrong].source}); CLIP tasks need images")
+    evaluator = ZeroShotEvaluator(cfg.base_model)
+    for m in cfg.models:
+        templates = m.templates or list(DEFAULT_TEMPLATES)
+        evaluator.heads[m.name] = prompt_head(evaluator.model, evaluator.tokenizer, m.classnames,
+                                              [[t.format(n) for t in templates] for n in m.classnames])
+    check_memory(sum(v.numel() for v in evaluator.pretrained_vision.values()), len(cfg.models), max_memory)
+
+    def dataset(task: str, examples) -> ImageDataset:
+        what = f"an image of '{task}'"
+        loaders = [lambda loader=loader: decode_image(loader, what) for loader in examples.items]
+        return ImageDataset(task, [-1] * len(loaders), loaders, examples.source)  # labels unused: unlabeled
+
+    problem = adaptation_problem(evaluator, {m.name: m.path for m in cfg.models},
+                                 {t: dataset(t, e) for t, e in unlabeled.items()})
+    labels = {m.name: {name: i for i, name in enumerate(m.classnames)} for m in cfg.models}
+
+    def export(result, folder: Path) -> dict[str, bool]:
+        return export_clip(result, folder, cfg, evaluator)
+
+    return UserProblem(problem, "clip", lambda examples: evaluator.pixels(dataset("eval", examples)), labels,
+                       {t: len(v) for t, v in labels.items()}, export)
+
+
+def export_clip(result, folder: Path, cfg, evaluator: ZeroShotEvaluator) -> dict[str, bool]:
+    """A ``CLIPModel`` folder with the merged vision tower, and per task its zero-shot head with the
+    learned rotation folded in (``tasks/<task>/zero_shot_head.safetensors`` + ``config.json``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..adaptation.user_run import write_backbone
+    from ..io.classifiers import TASKS_DIR, task_folder_name
+
+    write_backbone(folder, cfg.base_model, {k: v for k, v in result.state_dict.items() if k.startswith(VISION_PREFIX)}, "")
+    transforms = result.feature_transforms or {}
+    scale = evaluator.model.logit_scale.exp().detach().float().cpu()
+    for m in cfg.models:
+        head = evaluator.head(m.name).detach().float().cpu()
+        bias = torch.zeros(len(head))
+        transform = transforms.get(m.name)
+        if transform is not None:
+            r = transform.matrix.detach().double().cpu()
+            center = getattr(transform, "center", None)
+            if center is not None:
+                bias = (head.double() @ (center.double().cpu() - r @ center.double().cpu())).float()
+            head = (head.double() @ r).float()
+        target = folder / TASKS_DIR / task_folder_name(m.name)
+        target.mkdir(parents=True)
+        save_file({"weight": head.contiguous(), "bias": bias.contiguous(), "logit_scale": scale.reshape(())},
+                  str(target / ZERO_SHOT_HEAD), metadata={"format": "pt"})
+        labels = {"id2label": dict(enumerate(m.classnames)), "label2id": {n: i for i, n in enumerate(m.classnames)},
+                  "templates": m.templates or None, "task": m.name}
+        (target / "config.json").write_text(json.dumps(labels, indent=2) + "\n")
+    return {m.name: True for m in cfg.models}
+
+
+class ZeroShotClassifier(torch.nn.Module):
+    """A merged CLIP image encoder with one task's zero-shot head: ``pixel_values -> logits``.
+
+    CLIP's zero-shot path (pooled [CLS] -> ``visual_projection`` -> L2 normalisation -> cosine to
+    the class embeddings, times the logit scale) is not what ``CLIPForImageClassification``
+    computes (a linear layer on the mean of the patch tokens), so no ``AutoModelFor...`` class
+    loads it exactly; this one does: ``ZeroShotClassifier.from_pretrained(OUT, task)``.
+    """
+
+    def __init__(self, clip_model, head: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor, id2label: dict):
+        super().__init__()
+        self.features = CLIPImageFeatures(clip_model)
+        self.register_buffer("head", head)
+        self.register_buffer("bias", bias)
+        self.register_buffer("logit_scale", logit_scale)
+        self.id2label = {int(k): v for k, v in id2label.items()}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, task: str) -> "ZeroShotClassifier":
+        import json
+
+        from safetensors.torch import load_file
+        from transformers import CLIPModel
+
+        from ..io.classifiers import TASKS_DIR, task_folder_name
+
+        task_dir = Path(folder) / TASKS_DIR / task_folder_name(task)
+        if not (task_dir / ZERO_SHOT_HEAD).is_file():
+            raise MergeError(f"{folder} has no zero-shot head for task '{task}' ({task_dir / ZERO_SHOT_HEAD})")
+        tensors = load_file(str(task_dir / ZERO_SHOT_HEAD))
+        labels = json.loads((task_dir / "config.json").read_text())
+        return cls(CLIPModel.from_pretrained(folder).eval(), tensors["weight"], tensors["bias"], tensors["logit_scale"],
+                   labels["id2label"]).eval()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * (self.features(pixel_values) @ self.head.T + self.bias)

@@ -86,11 +86,10 @@ def write_classifier_folder(
     as stored).
     """
     folder = Path(folder)
-    clash = [name for name in head if name.startswith(prefix) and name[len(prefix):] in set(backbone.keys())] if prefix else \
-        [name for name in head if name in set(backbone.keys())]
+    names = list(backbone.keys())
+    clash = [name for name in head if name in {prefix + n for n in names}]
     if clash:
         raise CheckpointError(f"head tensor '{clash[0]}' has the name of a backbone tensor under prefix '{prefix}'")
-    names = list(backbone.keys())
 
     def out_info(name: str) -> TensorInfo:
         info = backbone.info(name)
@@ -100,19 +99,29 @@ def write_classifier_folder(
 
     entries = [(prefix + n, out_info(n)) for n in names]
     entries += [(n, TensorInfo(tuple(t.shape), t.dtype)) for n, t in head.items()]
-    writer = ShardedWriter(folder, entries, max_shard_bytes)
-    try:
+
+    def tensors():
         for n in names:
             tensor = backbone.get(n)
             if backbone_dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(backbone_dtype)
-            writer.write(prefix + n, tensor.detach().cpu().contiguous())
-        for n, t in head.items():
-            writer.write(n, t.detach().cpu().contiguous())
+            yield prefix + n, tensor
+        yield from head.items()
+
+    write_weights(folder, entries, tensors(), max_shard_bytes)
+    (folder / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    copy_planned_files(input_files(input_sources), folder)
+    return folder
+
+
+def write_weights(folder: Path, entries: Sequence[tuple[str, TensorInfo]], tensors, max_shard_bytes: int = DEFAULT_SHARD_SIZE) -> list[str]:
+    """Stream ``(name, tensor)`` pairs, in the order of ``entries``, into sharded safetensors in ``folder``."""
+    writer = ShardedWriter(Path(folder), entries, max_shard_bytes)
+    try:
+        for name, tensor in tensors:
+            writer.write(name, tensor.detach().cpu().contiguous())
     except BaseException:
         writer.abort()
         raise
     writer.close()
-    (folder / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
-    copy_planned_files(input_files(input_sources), folder)
-    return folder
+    return writer.shard_files
