@@ -211,7 +211,12 @@ def test_merge_threads_and_adaptive_methods_point_to_adapt(toy_models, tmp_path)
     assert result.exit_code == 2 and "mdamerge adapt" in result.output and "Traceback" not in result.output
     # adapt with a merge config, eval with a model that is not a zoo backbone: what they support
     result = runner.invoke(main, ["adapt", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "y")])
-    assert result.exit_code == 2 and "is a merge config" in result.output and "mdamerge merge" in result.output
+    assert result.exit_code == 2 and "'average' is a data-free method" in result.output
+    assert "mdamerge merge" in result.output and "Traceback" not in result.output
+    cfg["method"] = "mda_am"
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(main, ["adapt", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "needs a mapping with 'path' and 'data'" in result.output
     result = runner.invoke(main, ["eval", str(toy_models["base_dir"]), "--cache", str(tmp_path / "c")])
     assert result.exit_code == 2 and "is a 'toy' model" in result.output and "TinyViT" in result.output
 

@@ -88,6 +88,11 @@ def parse_user_config(data: dict, root: Path, methods: dict) -> UserAdaptConfig:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown config key '{key}'" + closest_hint(str(key), CONFIG_KEYS))
     method = data.get("method")
+    from ..methods.specs import SPECS
+
+    if method in SPECS:
+        raise ConfigError(f"'{method}' is a data-free method: run it with `mdamerge merge CONFIG --out DIR`; "
+                          f"`mdamerge adapt` runs {', '.join(methods)}")
     if method not in methods:
         raise ConfigError(f"unknown adaptive method {method!r}" + closest_hint(str(method), list(methods))
                           + f"; choose from {', '.join(methods)}")
@@ -125,7 +130,8 @@ def parse_user_config(data: dict, root: Path, methods: dict) -> UserAdaptConfig:
 def _model_entry(value: Any, index: int, root: Path) -> ModelEntry:
     what = f"models[{index}]"
     if not isinstance(value, dict):
-        raise ConfigError(f"{what}: give a mapping with 'path' and 'data' (unlabeled inputs), got {value!r}")
+        raise ConfigError(f"{what} is {value!r}: `mdamerge adapt` needs a mapping with 'path' and 'data' (its unlabeled "
+                          "inputs) per model; data-free merges of plain paths run with `mdamerge merge`")
     for key in value:
         if key not in MODEL_KEYS:
             raise ConfigError(f"{what}: unknown key '{key}'" + closest_hint(str(key), MODEL_KEYS))
