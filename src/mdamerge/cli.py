@@ -22,7 +22,7 @@ EXTRA_COMMANDS: list[tuple[str, ...]] = []
 EXTRA_COMMANDS.append(("mdamerge.diagnostics.commands", "analyze", "analyze",
                        "Directional diagnostics: task-vector cosines, principal angles, spectra, Delta_ETF."))
 EXTRA_COMMANDS.append(("mdamerge.adaptation.commands", "adapt", "adapt",
-                       "Data-based merging (AdaMerging, MDA feature alignment) on the TinyViT zoo."))
+                       "Data-based merging (AdaMerging, MDA feature alignment) of your models or a zoo suite."))
 EXTRA_COMMANDS.append(("mdamerge.lora.commands", "lora", "lora",
                        "Merge PEFT LoRA adapters of one base into a full model or a new adapter."))
 EXTRA_COMMANDS.append(("mdamerge.zoo.commands", "zoo_group", "zoo", "Build and inspect the offline TinyViT model zoo."))

@@ -86,6 +86,9 @@ def classifier_problem(cfg: UserAdaptConfig, unlabeled: dict[str, Examples], bas
         raise MergeError(f"data of '{wrong}' holds {unlabeled[wrong].kind}s ({unlabeled[wrong].source}), but the models "
                          f"are {kind} classifiers")
     first = cfg.models[0]
+    shape_only = build_model(first.path, kind, meta=True)  # the size, before any weights are read
+    check_memory(sum(p.numel() for p in getattr(shape_only, backbone_attribute(shape_only)).parameters()),
+                 len(cfg.models), max_memory)
     model = build_model(first.path, kind)
     attr = backbone_attribute(model)
     encode = _encoder(cfg, kind, first.path)
@@ -93,7 +96,6 @@ def classifier_problem(cfg: UserAdaptConfig, unlabeled: dict[str, Examples], bas
     layout = find_head_layout(model, model_inputs(model, kind, sample), f"fine-tuned model '{first.name}'")
     module = ClassifierFeatures(model, layout, kind)
     names = [n for n, p in module.named_parameters() if p.is_floating_point()]
-    check_memory(sum(p.numel() for p in module.parameters()), len(cfg.models), max_memory)
     base = prefixed_base(cfg.base_model, attr + ".", names)
     base.update(_base_buffers(cfg.base_model, attr + ".", [n for n, _ in module.named_buffers()]))
     loaded = {m.name: split_classifier(m.name, m.path, configs[m.name], attr, names) for m in cfg.models}
