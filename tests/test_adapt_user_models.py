@@ -212,6 +212,8 @@ def test_saved_dataset_folder_and_image_folder(tmp_path):
     ("label", "labels are read only from an 'eval' entry"),
     ("memory", "allowed (--max-memory"),
     ("notclassifier", "are not a sequence or image classifier"),
+    ("device", "unknown device 'banana'"),
+    ("pairs", "'column' must be a column name, 'columns' a list of one or two"),
 ])
 def test_bad_data_is_one_line_and_writes_nothing(bert_models, tmp_path, case, expected):
     config = yaml.safe_load(write_config(bert_models, "adamerging_task", {"steps": 1, "batch_size": 4}).read_text())
@@ -231,6 +233,10 @@ def test_bad_data_is_one_line_and_writes_nothing(bert_models, tmp_path, case, ex
         extra = ["--max-memory", "1KB"]
     elif case == "notclassifier":
         config["models"][0]["path"] = "base"
+    elif case == "device":
+        extra = ["--device", "banana"]
+    elif case == "pairs":
+        config["models"][0]["data"] = {"path": "sent.txt", "columns": ["a", "b", "c"]}
     path = bert_models / f"bad_{case}.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "out"

@@ -112,6 +112,7 @@ def adapt(config, out_dir, device, steps, overwrite, no_eval, list_methods, thre
 
 
 def _adapt_user_models(data, config, out_dir, device, steps, overwrite, no_eval, max_memory, quiet) -> None:
+    from ..engine.core import resolve_device
     from ..io.writer import check_output_folder, parse_size
     from .registry import ADAPTIVE_METHODS
     from .user_models import parse_user_config
@@ -121,8 +122,9 @@ def _adapt_user_models(data, config, out_dir, device, steps, overwrite, no_eval,
     if steps is not None:
         cfg.parameters["steps"] = steps
     budget = parse_size(max_memory) if max_memory is not None else None
+    device = str(resolve_device(device or cfg.device))
     replacing = check_output_folder(out_dir, [config, *cfg.inputs], overwrite)  # before minutes of training
-    info = run_user_adapt(cfg, out_dir, device=device or cfg.device, overwrite=overwrite, evaluate=not no_eval,
+    info = run_user_adapt(cfg, out_dir, device=device, overwrite=overwrite, evaluate=not no_eval,
                           max_memory=budget, progress=not quiet, echo=click.echo)
     click.echo(f"{cfg.method}: {info.get('steps')} steps in {info['seconds']:.1f}s -> {out_dir} "
                f"(backbone + {len(cfg.models)} task folders in tasks/)" + (" (replaced the existing folder)" if replacing else ""))
@@ -131,6 +133,7 @@ def _adapt_user_models(data, config, out_dir, device, steps, overwrite, no_eval,
 
 
 def _adapt_zoo(cfg, config, out_dir, device, steps, overwrite, no_eval, cache, quiet) -> None:
+    from ..engine.core import resolve_device
     from ..io.writer import check_output_folder
     from ..zoo.build import vision_zoo, zoo_for_tasks
     from .output import save_adaptive_result
@@ -148,8 +151,8 @@ def _adapt_zoo(cfg, config, out_dir, device, steps, overwrite, no_eval, cache, q
         cfg["zoo_root"] = str(Path(config).parent / cfg["zoo_root"])
     zoo = zoo_for_tasks(tasks, root=cfg.get("zoo_root"), cache=cache, backbone=cfg.get("backbone")) \
         if tasks else vision_zoo(root=cfg.get("zoo_root"), cache=cache, backbone=cfg.get("backbone"))
+    dev = str(resolve_device(device or cfg.get("device", "cpu")))
     replacing = check_output_folder(out_dir, [config, zoo.root], overwrite)  # before minutes of training
-    dev = device or cfg.get("device", "cpu")
     result = ADAPTIVE_METHODS[cfg["method"]](
         zoo, tasks, device=dev, seed=int(cfg.get("seed", 0)), max_unlabeled=cfg.get("max_unlabeled"), **params
     )
