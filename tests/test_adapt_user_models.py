@@ -306,3 +306,41 @@ def test_clip_towers_adapt_with_zero_shot_heads_from_class_names(tmp_path):
         head = torch.nn.functional.normalize(text.view(3, 2, -1).mean(1), dim=-1)
         expected = merged.logit_scale.exp() * (image @ rotation.T) @ head.T
         torch.testing.assert_close(classifier(pixels), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_image_classifiers_adapt_from_a_folder_of_images(tmp_path):
+    from test_hf_clip import random_images
+
+    cfg = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    base = transformers.ViTModel(transformers.ViTConfig(**cfg))
+    processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
+    base.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    models = []
+    for t, (task, labels) in enumerate({"shapes": ["round", "square"], "scenes": ["a", "b", "c"]}.items()):
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(
+            **cfg, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
+        model.vit.load_state_dict(base.state_dict(), strict=False)
+        with torch.no_grad():
+            for p in model.vit.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        model.save_pretrained(tmp_path / task)
+        (tmp_path / f"{task}_images" / "nested").mkdir(parents=True)
+        for i, image in enumerate(random_images(t, task)):
+            image.save(tmp_path / f"{task}_images" / ("nested" if i % 2 else "") / f"{i}.png")
+        models.append({"path": task, "data": f"{task}_images"})
+    (tmp_path / "vit.yaml").write_text(yaml.safe_dump({"method": "mda_feature", "base_model": "base", "models": models,
+                                                       "parameters": {"steps": 1, "batch_size": 2, "init_samples": 4}}))
+    out = tmp_path / "out"
+    code, output = run_cli("adapt", tmp_path / "vit.yaml", "--out", out, "--quiet")
+    assert code == 0, output
+    rotation = load_file(str(out / "feature_transforms" / "rotations.safetensors"))["rotation/scenes"]
+    original = load_file(str(tmp_path / "scenes" / "model.safetensors"))
+    model = transformers.AutoModelForImageClassification.from_pretrained(out / "tasks" / "scenes").eval()
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    pixels = processor(images=random_images(1, "scenes"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        cls = transformers.AutoModel.from_pretrained(out).eval()(pixel_values=pixels).last_hidden_state[:, 0]
+        expected = (cls @ rotation.T) @ original["classifier.weight"].T + original["classifier.bias"]
+        torch.testing.assert_close(model(pixel_values=pixels).logits, expected, atol=2e-5, rtol=1e-4)

@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, MergeError
-from ..io.checkpoint import Checkpoint
 
 HEAD_KINDS = {"ForSequenceClassification": "text", "ForImageClassification": "image"}
 
@@ -279,7 +278,7 @@ def fold_rotation(head: Mapping[str, torch.Tensor], boundary: str, rotation: tor
 
 @dataclass
 class LoadedClassifier:
-    """One fine-tuned classifier split into backbone (under ``prefix``) and head tensors."""
+    """One fine-tuned classifier's tensors (transformers' module names), split at the backbone."""
 
     task: str
     folder: Path
@@ -289,33 +288,51 @@ class LoadedClassifier:
     head: dict[str, torch.Tensor]
 
 
-def split_classifier(task: str, folder: Path, config: dict, backbone_attr: str, module_names: Sequence[str]) -> LoadedClassifier:
-    """Read a fine-tune's tensors (safetensors first, ``weights_only`` torch files) and split them at the backbone."""
-    checkpoint = Checkpoint(folder)
-    keys = checkpoint.keys()
-    prefix = backbone_attr + "."
-    missing = [n for n in module_names if n not in keys]
+def load_pretrained(folder: Path, auto, label: str):
+    """``auto.from_pretrained(folder)`` (local files; safetensors first, torch files with ``weights_only``;
+    never remote code) and the names of the tensors it had to initialise (``missing``)."""
+    from ..textzoo.model import quiet_transformers
+
+    with quiet_transformers():
+        try:
+            model, info = auto.from_pretrained(folder, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{label}: cannot load {folder}: {str(exc).strip().splitlines()[0]}") from None
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        first = mismatched[0]
+        raise CheckpointError(f"{label} ({folder}): tensor {first[0] if isinstance(first, tuple) else first} does not "
+                              "fit its config's shape")
+    return model.eval(), set(info.get("missing_keys") or [])
+
+
+def load_classifier(task: str, folder: Path, config: dict, kind: str, backbone_attr: str) -> LoadedClassifier:
+    """A fine-tune as transformers loads it (renamed legacy tensor names included), split at ``backbone_attr``;
+    one line naming the first tensor its checkpoint lacks."""
+    model, missing = load_pretrained(folder, auto_class(kind), f"fine-tuned model '{task}'")
     if missing:
-        raise CheckpointError(f"fine-tuned model '{task}' ({folder}) lacks tensor '{missing[0]}'"
+        first = sorted(missing)[0]
+        raise CheckpointError(f"fine-tuned model '{task}' ({folder}) lacks tensor '{first}'"
                               + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    backbone = {k: checkpoint.get(k) for k in keys if k.startswith(prefix)}
-    head = {k: checkpoint.get(k) for k in keys if not k.startswith(prefix)}
-    return LoadedClassifier(task, Path(folder), config, prefix, backbone, head)
+    prefix = backbone_attr + "."
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return LoadedClassifier(task, Path(folder), config, prefix, {k: v for k, v in state.items() if k.startswith(prefix)},
+                            {k: v for k, v in state.items() if not k.startswith(prefix)})
 
 
-def prefixed_base(base_folder: Path, prefix: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The pretrained backbone under the fine-tunes' names: a plain ``AutoModel`` checkpoint (bare names)
-    or one saved with the prefix."""
-    checkpoint = Checkpoint(base_folder)
-    keys = set(checkpoint.keys())
+def base_backbone(base_folder: Path, prefix: str, names: Sequence[str], buffers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The pretrained ``AutoModel``'s tensors under the fine-tunes' names (``prefix + name``): every parameter
+    in ``names`` (one line naming the first the base lacks) and the ``buffers`` it stores."""
+    import transformers
+
+    model, missing = load_pretrained(base_folder, transformers.AutoModel, "base model")
+    state = model.state_dict()
     out = {}
-    for name in names:
+    for name in [*names, *buffers]:
         bare = name[len(prefix):]
-        if name in keys:
-            out[name] = checkpoint.get(name)
-        elif bare in keys:
-            out[name] = checkpoint.get(bare)
-        else:
+        if bare in state and bare not in missing:
+            out[name] = state[bare].detach()
+        elif name in names:
             raise CheckpointError(f"base model {base_folder} lacks tensor '{bare}' (the fine-tunes' '{name}')")
     return out
 

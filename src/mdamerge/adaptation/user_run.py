@@ -25,12 +25,11 @@ import yaml
 from torch.func import functional_call
 
 from ..errors import MergeError, warn
-from ..io.checkpoint import Checkpoint, TensorInfo
-from ..io.classifiers import TASKS_DIR, read_config, task_folder_name, write_classifier_folder, write_weights
-from ..io.writer import copy_non_weight_files
-from .hf_classifiers import (ClassifierFeatures, model_inputs, available_memory, backbone_attribute, build_model, classifier_kind,
-                             encode_texts, find_head_layout, fold_rotation, head_model, memory_estimate, prefixed_base,
-                             split_classifier)
+from ..io.classifiers import TASKS_DIR, input_files, read_config, task_folder_name
+from ..io.writer import copy_non_weight_files, copy_planned_files
+from .hf_classifiers import (ClassifierFeatures, available_memory, backbone_attribute, base_backbone, build_model,
+                             classifier_kind, encode_texts, find_head_layout, fold_rotation, head_model, load_classifier,
+                             load_pretrained, memory_estimate, model_inputs)
 from .problem import AdaptationProblem
 from .unlabeled import Examples, decode_image, label_indices
 from .user_models import UserAdaptConfig, write_json
@@ -96,9 +95,8 @@ def classifier_problem(cfg: UserAdaptConfig, unlabeled: dict[str, Examples], bas
     layout = find_head_layout(model, model_inputs(model, kind, sample), f"fine-tuned model '{first.name}'")
     module = ClassifierFeatures(model, layout, kind)
     names = [n for n, p in module.named_parameters() if p.is_floating_point()]
-    base = prefixed_base(cfg.base_model, attr + ".", names)
-    base.update(_base_buffers(cfg.base_model, attr + ".", [n for n, _ in module.named_buffers()]))
-    loaded = {m.name: split_classifier(m.name, m.path, configs[m.name], attr, names) for m in cfg.models}
+    base = base_backbone(cfg.base_model, attr + ".", names, [n for n, _ in module.named_buffers()])
+    loaded = {m.name: load_classifier(m.name, m.path, configs[m.name], kind, attr) for m in cfg.models}
     for m in cfg.models:
         other = classifier_kind(configs[m.name], m.name)
         if configs[m.name].get("model_type") != configs[first.name].get("model_type") or other != kind:
@@ -112,7 +110,7 @@ def classifier_problem(cfg: UserAdaptConfig, unlabeled: dict[str, Examples], bas
         num_labels = {t: int(h(torch.zeros(1, module.feature_dim)).shape[-1]) for t, h in heads.items()}
 
     def export(result, folder: Path) -> dict[str, bool]:
-        return export_classifiers(result, folder, cfg, loaded, layout.boundary, attr + ".")
+        return export_classifiers(result, folder, cfg, loaded, layout.boundary, attr + ".", kind)
 
     return UserProblem(problem, kind, encode, labels, num_labels, export, {"boundary": layout.boundary, "prefix": attr + "."})
 
@@ -151,19 +149,6 @@ def _encoder(cfg: UserAdaptConfig, kind: str, fine_tune: Path) -> Callable[[Exam
 def _has_input_files(folder: Path, kind: str) -> bool:
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt") if kind == "text" else ("preprocessor_config.json",)
     return any((Path(folder) / n).is_file() for n in names)
-
-
-def _base_buffers(base_folder: Path, prefix: str, buffer_names: list[str]) -> dict[str, torch.Tensor]:
-    """Buffers the base checkpoint stores (e.g. normalisation statistics), under the fine-tunes' names."""
-    checkpoint = Checkpoint(base_folder)
-    keys = set(checkpoint.keys())
-    out = {}
-    for name in buffer_names:
-        for stored in (name, name[len(prefix):]):
-            if stored in keys:
-                out[name] = checkpoint.get(stored)
-                break
-    return out
 
 
 def _label2id(config: dict) -> dict[str, int]:
@@ -220,36 +205,22 @@ def accuracy_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 # -- export -------------------------------------------------------------------------------
-class _DictSource:
-    """A tensor source over a mapping (for the streaming writers)."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = tensors
-
-    def keys(self) -> list[str]:
-        return list(self.tensors)
-
-    def info(self, name: str) -> TensorInfo:
-        t = self.tensors[name]
-        return TensorInfo(tuple(t.shape), t.dtype)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
-
-
-def export_classifiers(result, folder: Path, cfg: UserAdaptConfig, loaded: dict, boundary: str, prefix: str) -> dict[str, bool]:
-    """Write the merged backbone as the base's AutoModel and one classifier folder per task; returns, per task,
-    whether its rotation was folded into the head exactly."""
+def export_classifiers(result, folder: Path, cfg: UserAdaptConfig, loaded: dict, boundary: str, prefix: str,
+                       kind: str) -> dict[str, bool]:
+    """Write the merged backbone as the base's AutoModel and one classifier folder per task (saved by
+    transformers, so names and sharding are its own); returns, per task, whether its rotation was
+    folded into the head exactly."""
     merged = result.state_dict
-    write_backbone(folder, cfg.base_model, merged, prefix)
+    save_backbone(folder, cfg.base_model, {k[len(prefix):]: v for k, v in merged.items() if k.startswith(prefix)})
     transforms = result.feature_transforms or {}
     exact = {}
     for task, clf in loaded.items():
-        backbone = {k[len(prefix):]: merged.get(k, v) for k, v in clf.backbone.items()}
         head, exact[task] = _folded_head(clf.head, boundary, transforms.get(task))
+        model = build_model(clf.folder, kind)
+        model.load_state_dict({**{k: merged.get(k, v) for k, v in clf.backbone.items()}, **head}, strict=True)
         target = folder / TASKS_DIR / task_folder_name(task)
-        target.mkdir(parents=True)
-        write_classifier_folder(target, _DictSource(backbone), prefix, head, clf.config, [clf.folder, cfg.base_model])
+        _save_pretrained(model, target)
+        copy_planned_files(input_files([clf.folder, cfg.base_model]), target)
     return exact
 
 
@@ -260,20 +231,26 @@ def _folded_head(head: dict, boundary: str, transform) -> tuple[dict, bool]:
     return fold_rotation(head, boundary, transform.matrix.detach().cpu(), None if center is None else center.cpu())
 
 
-def write_backbone(folder: Path, base_folder: Path, merged: dict[str, torch.Tensor], prefix: str) -> None:
-    """The base checkpoint's tensors (its own names) with the merged ones in place: loads like the base."""
-    checkpoint = Checkpoint(base_folder)
-    names = checkpoint.keys()
+def save_backbone(folder: Path, base_folder: Path, merged: dict[str, torch.Tensor], auto=None) -> None:
+    """The base model as ``auto`` (default AutoModel) loads it, with the merged tensors in place, saved by
+    transformers, plus the base's other files (tokenizer, sentence-transformers modules, ...)."""
+    import transformers
 
-    def value(name: str) -> torch.Tensor:
-        for key in (prefix + name, name):
-            if key in merged:
-                return merged[key].to(checkpoint.info(name).dtype)
-        return checkpoint.get(name)
-
-    entries = [(n, checkpoint.info(n)) for n in names]
+    model, _ = load_pretrained(base_folder, auto or transformers.AutoModel, "base model")
+    own = model.state_dict()
+    unknown = [k for k in merged if k not in own]
+    if unknown:
+        raise MergeError(f"internal: merged tensor '{unknown[0]}' is not a tensor of the base model")
+    model.load_state_dict(merged, strict=False)
     copy_non_weight_files(base_folder, folder)
-    write_weights(folder, entries, ((n, value(n)) for n in names))
+    _save_pretrained(model, folder)
+
+
+def _save_pretrained(model, folder: Path) -> None:
+    from ..textzoo.model import quiet_transformers
+
+    with quiet_transformers():
+        model.save_pretrained(folder)
 
 
 def write_user_output(user: UserProblem, result, cfg: UserAdaptConfig, tmp: Path, info: dict) -> dict[str, bool]:

@@ -340,10 +340,13 @@ def export_clip(result, folder: Path, cfg, evaluator: ZeroShotEvaluator) -> dict
 
     from safetensors.torch import save_file
 
-    from ..adaptation.user_run import write_backbone
+    from transformers import CLIPModel
+
+    from ..adaptation.user_run import save_backbone
     from ..io.classifiers import TASKS_DIR, task_folder_name
 
-    write_backbone(folder, cfg.base_model, {k: v for k, v in result.state_dict.items() if k.startswith(VISION_PREFIX)}, "")
+    save_backbone(folder, cfg.base_model, {k: v for k, v in result.state_dict.items() if k.startswith(VISION_PREFIX)},
+                  CLIPModel)
     transforms = result.feature_transforms or {}
     scale = evaluator.model.logit_scale.exp().detach().float().cpu()
     for m in cfg.models:
