@@ -124,7 +124,7 @@ class StepTimer:
     """Times every optimisation step of the data-based methods (wraps ``CoefficientTrainer.step``)."""
 
     def __init__(self):
-        from mdamerge.adaptation.adamerging import CoefficientTrainer
+        from mdamerge.adaptation.coefficients import CoefficientTrainer
 
         self.cls, self.original, self.durations = CoefficientTrainer, CoefficientTrainer.step, []
         timer = self

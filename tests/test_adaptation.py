@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mdamerge.adaptation import AdaptationProblem, MergedParameterSpace, UnlabeledBatches, adamerging, mda_feature_alignment
-from mdamerge.adaptation.adamerging import CoefficientTrainer
+from mdamerge.adaptation.coefficients import CoefficientTrainer
 from mdamerge.adaptation.losses import etf_alignment_loss, etf_prototypes, marginal_entropy, rotation_gap, shannon_entropy
 from mdamerge.adaptation.mda_feature import FeatureAligner
 from mdamerge.adaptation.rotations import FixedRotation, Rotation, orthogonality_error, special_procrustes

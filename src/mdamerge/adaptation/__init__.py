@@ -6,13 +6,19 @@ heads and unlabeled inputs). :data:`ADAPTIVE_METHODS` exposes them for the offli
 benchmark as ``fn(zoo, tasks, device="cpu", seed=0, **kw) -> AdaptiveResult``.
 """
 
-from .adamerging import AdaptiveResult, CoefficientTrainer, adamerging
-from .functional import MergedParameterSpace
-from .mda_feature import FeatureAligner, mda_feature_alignment
-from .problem import AdaptationProblem, UnlabeledBatches
-from .registry import ADAPTIVE_METHODS, problem_from_zoo
+import importlib
 
-__all__ = [
-    "ADAPTIVE_METHODS", "AdaptationProblem", "AdaptiveResult", "CoefficientTrainer", "FeatureAligner",
-    "MergedParameterSpace", "UnlabeledBatches", "adamerging", "mda_feature_alignment", "problem_from_zoo",
-]
+# Imported on first use, so that `mdamerge adapt --help` (which imports this package) does not load torch.
+_EXPORTS = {
+    "AdaptiveResult": ".coefficients", "CoefficientTrainer": ".coefficients", "adamerging": ".coefficients",
+    "MergedParameterSpace": ".functional", "FeatureAligner": ".mda_feature", "mda_feature_alignment": ".mda_feature",
+    "AdaptationProblem": ".problem", "UnlabeledBatches": ".problem", "ADAPTIVE_METHODS": ".registry",
+    "problem_from_zoo": ".registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -42,7 +42,7 @@ from typing import Any, Mapping
 import torch
 from ..engine import merge_state_dicts
 from ..errors import MergeError
-from .adamerging import AdaptiveResult, CoefficientTrainer, adamerging, check_clamp, check_positive_int
+from .coefficients import AdaptiveResult, CoefficientTrainer, adamerging, check_clamp, check_positive_int
 from .functional import MergedParameterSpace, mergeable_names
 from .losses import etf_alignment_loss, etf_prototypes, marginal_entropy, rotation_gap, shannon_entropy
 from .problem import AdaptationProblem

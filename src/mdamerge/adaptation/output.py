@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from ..io.writer import OutputFolder, check_output_location, copy_non_weight_files
-from .adamerging import AdaptiveResult
+from .coefficients import AdaptiveResult
 from .rotations import FixedRotation
 
 TRANSFORMS_NAME = "feature_transforms/rotations.safetensors"

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 
 from ..errors import MergeError, closest_hint
-from .adamerging import AdaptiveResult, adamerging
+from .coefficients import AdaptiveResult, adamerging
 from .mda_feature import mda_feature_alignment
 from .problem import AdaptationProblem
 

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError, MergeError, closest_hint
 from .unlabeled import DataSpec, Examples, read_examples
 
@@ -176,9 +174,7 @@ def timed(fn, *args, **kwargs):
 
 
 def json_default(value):
-    if torch.is_tensor(value):
-        return value.tolist()
-    return str(value)
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def write_json(path: Path, data: dict) -> None:

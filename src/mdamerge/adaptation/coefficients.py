@@ -1,4 +1,4 @@
-"""AdaMerging (Yang et al., ICLR 2024): learn merging coefficients by minimising the
+"""Learning merging coefficients: AdaMerging (Yang et al., ICLR 2024) minimises the
 entropy of the merged model's predictions on unlabeled test inputs.
 
     theta(lambda) = theta_0 + sum_t lambda_{t,l} tau_t        (layer-wise: one lambda per task per tensor)
