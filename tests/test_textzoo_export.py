@@ -102,3 +102,18 @@ def test_a_mean_pooled_zoo_is_not_exported(tmp_path):
     with pytest.raises(ConfigError, match="pools by 'mean'"):
         export_text_zoo(zoo, ["wn_gloss_pos"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_adapt_runs_a_text_suite_of_a_zoo_under_cache(cls_zoo, tmp_path):
+    from mdamerge.cli import main
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"method": "adamerging_task", "suite": SUITE, "parameters": {"steps": 1}}))
+    runner = CliRunner()
+    result = runner.invoke(main, ["adapt", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--quiet",
+                                  "--cache", str(cls_zoo.root.parent)])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "out" / "adaptation.json").read_text())["test_accuracy"]) == set(cls_zoo.records)
+    result = runner.invoke(main, ["adapt", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "o2"), "--quiet",
+                                  "--cache", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and f"--cache {tmp_path / 'empty'}" in result.output and "zoo build --tasks" in result.output
+    assert not (tmp_path / "o2").exists()
