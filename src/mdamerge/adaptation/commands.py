@@ -35,7 +35,7 @@ import click
 from ..errors import ConfigError, closest_hint
 from ..interrupts import interruptible
 
-from .user_models import is_user_config
+from .user_models import checked_method, is_user_config
 
 CONFIG_KEYS = ("method", "suite", "tasks", "zoo_root", "backbone", "device", "seed", "max_unlabeled", "parameters")
 
@@ -58,19 +58,9 @@ def load_adapt_config(path: str | Path) -> dict[str, Any]:
     for key in data:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown config key '{key}'" + closest_hint(str(key), CONFIG_KEYS))
-    method = data.get("method")
-    if method not in ADAPTIVE_METHODS:
-        raise ConfigError(f"unknown adaptive method {method!r}" + closest_hint(str(method), ADAPTIVE_METHODS)
-                          + f"; choose from {', '.join(ADAPTIVE_METHODS)}")
+    checked_method(data, ADAPTIVE_METHODS)
     if bool(data.get("suite")) == bool(data.get("tasks")):
         raise ConfigError("give exactly one of 'suite' or 'tasks' (a zoo run), or 'base_model' and 'models' (your models)")
-    params = data.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ConfigError("'parameters' must be a mapping")
-    options = getattr(ADAPTIVE_METHODS[method], "options", [])
-    for key in params:
-        if key not in options:
-            raise ConfigError(f"method '{method}' has no parameter '{key}'" + closest_hint(str(key), options))
     return data
 
 

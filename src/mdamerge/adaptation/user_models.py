@@ -85,15 +85,7 @@ def parse_user_config(data: dict, root: Path, methods: dict) -> UserAdaptConfig:
     for key in data:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown config key '{key}'" + closest_hint(str(key), CONFIG_KEYS))
-    method = data.get("method")
-    from ..methods.specs import SPECS
-
-    if method in SPECS:
-        raise ConfigError(f"'{method}' is a data-free method: run it with `mdamerge merge CONFIG --out DIR`; "
-                          f"`mdamerge adapt` runs {', '.join(methods)}")
-    if method not in methods:
-        raise ConfigError(f"unknown adaptive method {method!r}" + closest_hint(str(method), list(methods))
-                          + f"; choose from {', '.join(methods)}")
+    method, params = checked_method(data, methods)
     if not isinstance(data.get("base_model"), (str, Path)):
         raise ConfigError("'base_model' must be the path of the pretrained model folder")
     models = data.get("models")
@@ -104,13 +96,6 @@ def parse_user_config(data: dict, root: Path, methods: dict) -> UserAdaptConfig:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise ConfigError(f"two models are named '{duplicate}': give each a distinct 'name'")
-    params = data.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ConfigError("'parameters' must be a mapping")
-    options = getattr(methods[method], "options", [])
-    for key in params:
-        if key not in options:
-            raise ConfigError(f"method '{method}' has no parameter '{key}'" + closest_hint(str(key), options))
     max_unlabeled = data.get("max_unlabeled", DEFAULT_MAX_UNLABELED)
     if max_unlabeled is not None and (isinstance(max_unlabeled, bool) or not isinstance(max_unlabeled, int) or max_unlabeled < 1):
         raise ConfigError(f"'max_unlabeled' must be a positive integer or null, got {max_unlabeled!r}")
@@ -121,8 +106,29 @@ def parse_user_config(data: dict, root: Path, methods: dict) -> UserAdaptConfig:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"'seed' must be an integer, got {seed!r}")
     base = Path(data["base_model"]).expanduser()
-    return UserAdaptConfig(method, base if base.is_absolute() else root / base, entries, dict(params), max_unlabeled,
+    return UserAdaptConfig(method, base if base.is_absolute() else root / base, entries, params, max_unlabeled,
                            max_length, str(data.get("device") or "cpu"), seed, dict(data))
+
+
+def checked_method(data: dict, methods: dict) -> tuple[str, dict]:
+    """The config's data-based ``method`` and its ``parameters``, checked against the method's options."""
+    from ..methods.specs import SPECS
+
+    method = data.get("method")
+    if method in SPECS:
+        raise ConfigError(f"'{method}' is a data-free method: run it with `mdamerge merge CONFIG --out DIR`; "
+                          f"`mdamerge adapt` runs {', '.join(methods)}")
+    if method not in methods:
+        raise ConfigError(f"unknown adaptive method {method!r}" + closest_hint(str(method), list(methods))
+                          + f"; choose from {', '.join(methods)}")
+    params = data.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError("'parameters' must be a mapping")
+    options = getattr(methods[method], "options", [])
+    for key in params:
+        if key not in options:
+            raise ConfigError(f"method '{method}' has no parameter '{key}'" + closest_hint(str(key), options))
+    return method, dict(params)
 
 
 def _model_entry(value: Any, index: int, root: Path) -> ModelEntry:
