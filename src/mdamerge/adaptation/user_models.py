@@ -26,7 +26,6 @@ model also gives ``classnames`` (label order) and optional ``templates`` (``"a p
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,12 +170,6 @@ def read_task_data(cfg: UserAdaptConfig) -> tuple[dict[str, Examples], dict[str,
     if len(kinds) > 1:
         raise MergeError("the tasks' data mix texts and images: " + ", ".join(f"{t}: {e.kind}" for t, e in unlabeled.items()))
     return unlabeled, evaluation
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
 
 
 def json_default(value):

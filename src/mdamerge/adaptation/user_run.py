@@ -115,10 +115,6 @@ def classifier_problem(cfg: UserAdaptConfig, unlabeled: dict[str, Examples], bas
     return UserProblem(problem, kind, encode, labels, num_labels, export, {"boundary": layout.boundary, "prefix": attr + "."})
 
 
-def model_inputs_dtype(kind: str) -> torch.dtype:
-    return torch.float32 if kind == "image" else torch.long
-
-
 def _encoder(cfg: UserAdaptConfig, kind: str, fine_tune: Path) -> Callable[[Examples], torch.Tensor]:
     """Examples -> model inputs, with the base's tokenizer / image processor (else the first fine-tune's)."""
     from ..textzoo.model import quiet_transformers
