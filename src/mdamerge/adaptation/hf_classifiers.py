@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import CheckpointError, MergeError
 
 HEAD_KINDS = {"ForSequenceClassification": "text", "ForImageClassification": "image"}
+CHUNK = 64  # examples per forward inside a batch (see in_length_order)
 
 
 class _Captured(Exception):
@@ -148,6 +149,17 @@ def _recorder(order: list[str], name: str, captured: dict):
     return hook
 
 
+def in_length_order(x: torch.Tensor, lengths: torch.Tensor, run, chunk: int = CHUNK) -> torch.Tensor:
+    """``run`` over chunks of at most ``chunk`` examples taken in order of length, results in input order:
+    each chunk is trimmed to its own longest example (as the text zoo's encoder does, so that both
+    compute the same numbers), and activations stay small for large batches."""
+    if len(x) <= chunk:
+        return run(x)
+    order = torch.argsort(lengths, stable=True)
+    out = torch.cat([run(x[order[i:i + chunk]]) for i in range(0, len(x), chunk)])
+    return out[torch.argsort(order)]
+
+
 def model_inputs(model, kind: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Forward keywords of ``model`` for a stacked inputs tensor (see :class:`ClassifierFeatures`)."""
     if kind == "image":
@@ -185,6 +197,10 @@ class ClassifierFeatures(nn.Module):
         return self._model.get_submodule(self.layout.boundary).in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lengths = x[:, 1].sum(1) if self.kind == "text" else torch.zeros(len(x))
+        return in_length_order(x, lengths, self._features)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         captured = []
 
         def hook(module, args):
