@@ -1,0 +1,187 @@
+"""Classification fine-tunes merged against a plain ``AutoModel`` base: every output has a
+loadable classifier per task (``OUT/tasks/<task>/``) whose logits are the merged backbone's
+features through that task's own head, with the task's labels.
+
+References are independent: the merged backbone loaded from OUT's root as the plain model,
+its features computed by transformers, and the task's head applied by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+transformers = pytest.importorskip("transformers")
+
+from mdamerge.cli import main  # noqa: E402
+
+LABELS = ({0: "neg", 1: "pos"}, {0: "a", 1: "b", 2: "c"}, {0: "w", 1: "x", 2: "y", 3: "z", 4: "q"})
+INPUT = torch.tensor([[2, 7, 11, 5, 3, 9], [4, 1, 8, 8, 2, 6]])
+
+
+def bert_config(**extra):
+    return transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=32, **extra)
+
+
+def roberta_config(**extra):
+    return transformers.RobertaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=40, **extra)
+
+
+def perturb(module, seed: int, scale: float = 0.02) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=gen))
+
+
+def with_labels(config, id2label):
+    return config.__class__(**{**config.to_dict(), "id2label": id2label,
+                               "label2id": {v: k for k, v in id2label.items()}})
+
+
+def save_fine_tunes(root, family: str, count: int):
+    """A plain base (BertModel / RobertaModel) and ``count`` classifiers fine-tuned from it, with
+    different label sets. Returns (base folder, [fine-tune folders])."""
+    config, base_cls, clf_cls = ((bert_config(), transformers.BertModel, transformers.BertForSequenceClassification)
+                                 if family == "bert" else
+                                 (roberta_config(), transformers.RobertaModel, transformers.RobertaForSequenceClassification))
+    torch.manual_seed(0)
+    base = base_cls(config)
+    base.save_pretrained(root / "base")
+    dirs = []
+    for t in range(count):
+        clf = clf_cls(with_labels(config, LABELS[t]))
+        backbone = getattr(clf, clf.base_model_prefix)
+        backbone.load_state_dict(base.state_dict(), strict=False)  # fine-tuned from the base
+        perturb(clf, 10 + t)
+        clf.save_pretrained(root / f"task{t}")
+        dirs.append(root / f"task{t}")
+    return root / "base", dirs
+
+
+def merge_cli(tmp_path, base, dirs, method="task_arithmetic", out="out"):
+    cfg = {"method": method, "base_model": str(base), "models": [str(d) for d in dirs]}
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(cfg))
+    return CliRunner().invoke(main, ["merge", str(tmp_path / "merge.yaml"), "--out", str(tmp_path / out), "--quiet"])
+
+
+def load_classifier(folder):
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    return model.eval()
+
+
+def assert_backbone_is_roots(task_folder, out, prefix):
+    """Every tensor of OUT's root is in the task folder under ``prefix``, bit for bit."""
+    root = load_file(str(out / "model.safetensors"))
+    task = load_file(str(task_folder / "model.safetensors"))
+    backbone = {n[len(prefix):]: t for n, t in task.items() if n.startswith(prefix)}
+    assert backbone and set(backbone) <= set(root)
+    assert all(torch.equal(t, root[n]) for n, t in backbone.items())
+    return backbone
+
+
+def bert_logits(out, head):
+    """Merged BertModel's pooler output through a BertForSequenceClassification head."""
+    merged = transformers.BertModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        pooled = merged(INPUT).pooler_output
+    return pooled @ head["classifier.weight"].T + head["classifier.bias"]
+
+
+def roberta_logits(out, head):
+    """Merged RobertaModel's first-token state through RoBERTa's classification head (dense, tanh, out_proj)."""
+    merged = transformers.RobertaModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        first = merged(INPUT).last_hidden_state[:, 0]
+    hidden = torch.tanh(first @ head["classifier.dense.weight"].T + head["classifier.dense.bias"])
+    return hidden @ head["classifier.out_proj.weight"].T + head["classifier.out_proj.bias"]
+
+
+def task_logits(folder):
+    with torch.no_grad():
+        return load_classifier(folder)(INPUT).logits
+
+
+# -- mdamerge merge -----------------------------------------------------------------
+def test_merge_writes_a_loadable_classifier_per_task_with_its_labels(tmp_path):
+    base, dirs = save_fine_tunes(tmp_path, "bert", 3)
+    (dirs[1] / "vocab.txt").write_text("[PAD]\n[CLS]\n")  # the task's own tokenizer file goes into its folder
+    (base / "tokenizer_config.json").write_text("{}")
+    result = merge_cli(tmp_path, base, dirs, "ties")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert f"{out / 'tasks'}/<task> for task0, task1, task2" in result.output
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]  # the root stays the base's
+    for t, folder in enumerate(dirs):
+        task = out / "tasks" / f"task{t}"
+        model = load_classifier(task)
+        assert model.config.id2label == LABELS[t] and model.config.num_labels == len(LABELS[t])
+        head = load_file(str(folder / "model.safetensors"))
+        head = {n: v for n, v in head.items() if n.startswith("classifier.")}
+        assert_backbone_is_roots(task, out, "bert.")
+        with torch.no_grad():
+            logits = model(INPUT).logits
+        torch.testing.assert_close(logits, bert_logits(out, head), rtol=1e-5, atol=1e-6)
+        assert torch.equal(load_file(str(out / "heads" / f"task{t}.safetensors"))["classifier.weight"],
+                           head["classifier.weight"])
+    assert (out / "tasks" / "task1" / "vocab.txt").exists() and not (out / "tasks" / "task1" / "tokenizer_config.json").exists()
+    assert (out / "tasks" / "task0" / "tokenizer_config.json").exists()  # no tokenizer of its own: the base's
+    card = (out / "README.md").read_text()
+    assert "tasks/task2/" in card and "heads/<task>.safetensors" in card
+
+
+def test_merge_of_roberta_classifiers_leaves_out_the_unused_pooler(tmp_path):
+    """RobertaModel has a pooler, RobertaForSequenceClassification does not: the task folder holds
+    what the fine-tune holds, so it loads without unexpected keys."""
+    base, dirs = save_fine_tunes(tmp_path, "roberta", 2)
+    result = merge_cli(tmp_path, base, dirs, "tsv")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    for t, folder in enumerate(dirs):
+        task = out / "tasks" / f"task{t}"
+        backbone = assert_backbone_is_roots(task, out, "roberta.")
+        assert not any(n.startswith("pooler.") for n in backbone)
+        head = {n: v for n, v in load_file(str(folder / "model.safetensors")).items() if n.startswith("classifier.")}
+        assert set(head) == {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
+                             "classifier.out_proj.bias"}
+        torch.testing.assert_close(task_logits(task), roberta_logits(out, head), rtol=1e-5, atol=1e-6)
+        assert load_classifier(task).config.id2label == LABELS[t]
+
+
+def test_a_failure_while_writing_the_task_folders_leaves_no_output(tmp_path, monkeypatch):
+    from mdamerge.io import writer
+
+    base, dirs = save_fine_tunes(tmp_path, "bert", 2)
+    real = writer.StreamingSafetensorsWriter.write
+
+    def disk_full_in_task_folders(self, name, tensor):
+        if name.startswith("bert."):  # only the task folders hold prefixed names
+            raise OSError(28, "No space left on device")
+        return real(self, name, tensor)
+
+    monkeypatch.setattr(writer.StreamingSafetensorsWriter, "write", disk_full_in_task_folders)
+    result = merge_cli(tmp_path, base, dirs)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: cannot write")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_the_replayed_merge_config_writes_the_same_task_folders(tmp_path):
+    base, dirs = save_fine_tunes(tmp_path, "bert", 2)
+    assert merge_cli(tmp_path, base, dirs).exit_code == 0
+    result = CliRunner().invoke(main, ["merge", str(tmp_path / "out" / "merge_config.yaml"), "--out", str(tmp_path / "again"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    for t in range(2):
+        first = load_file(str(tmp_path / "out" / "tasks" / f"task{t}" / "model.safetensors"))
+        again = load_file(str(tmp_path / "again" / "tasks" / f"task{t}" / "model.safetensors"))
+        assert set(first) == set(again) and all(torch.equal(first[n], again[n]) for n in first)
