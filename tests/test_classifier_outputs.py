@@ -21,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 from mdamerge.cli import main  # noqa: E402
 
 LABELS = ({0: "neg", 1: "pos"}, {0: "a", 1: "b", 2: "c"}, {0: "w", 1: "x", 2: "y", 3: "z", 4: "q"})
+LORA_LABELS = (LABELS[0], LABELS[1], {0: "u", 1: "v", 2: "t"})  # adapters 1 and 2: heads of the same size
 INPUT = torch.tensor([[2, 7, 11, 5, 3, 9], [4, 1, 8, 8, 2, 6]])
 
 
@@ -185,3 +186,167 @@ def test_the_replayed_merge_config_writes_the_same_task_folders(tmp_path):
         first = load_file(str(tmp_path / "out" / "tasks" / f"task{t}" / "model.safetensors"))
         again = load_file(str(tmp_path / "again" / "tasks" / f"task{t}" / "model.safetensors"))
         assert set(first) == set(again) and all(torch.equal(first[n], again[n]) for n in first)
+
+
+# -- mdamerge lora --------------------------------------------------------------------
+peft = pytest.importorskip("peft")
+R = 4
+
+
+def save_cls_adapters(root, family: str, count: int):
+    """A plain base and ``count`` PEFT SEQ_CLS LoRA adapters trained on classifiers of it (different
+    label counts). Adapter 0's folder also has a config.json with its id2label, as a Trainer saves.
+    Returns (base folder, adapter folders, [(backbone delta by base name, head by classifier name)])."""
+    config, base_cls, clf_cls = ((bert_config(), transformers.BertModel, transformers.BertForSequenceClassification)
+                                 if family == "bert" else
+                                 (roberta_config(), transformers.RobertaModel, transformers.RobertaForSequenceClassification))
+    torch.manual_seed(0)
+    base = base_cls(config).eval()
+    base.save_pretrained(root / "base")
+    base_state = base.state_dict()
+    dirs, applied = [], []
+    for t in range(count):
+        clf = clf_cls(with_labels(config, LORA_LABELS[t]))
+        getattr(clf, clf.base_model_prefix).load_state_dict(base_state, strict=False)
+        model = peft.get_peft_model(clf, peft.LoraConfig(task_type="SEQ_CLS", r=R, lora_alpha=2 * R,
+                                                         target_modules=["query", "value"]))
+        gen = torch.Generator().manual_seed(100 + t)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name or "modules_to_save" in name:
+                    param.add_(0.05 * torch.randn(param.shape, generator=gen))
+        model.save_pretrained(root / f"adapter{t}")
+        dirs.append(root / f"adapter{t}")
+        unloaded = model.merge_and_unload()  # peft's own application of the adapter
+        backbone = getattr(unloaded, unloaded.base_model_prefix).state_dict()
+        delta = {n: backbone[n] - base_state[n] for n in backbone}
+        head = {n: v.clone() for n, v in unloaded.state_dict().items() if n.startswith("classifier.")}
+        applied.append((delta, head))
+    (dirs[0] / "config.json").write_text(json.dumps(with_labels(config, LABELS[0]).to_dict()))
+    return root / "base", dirs, applied
+
+
+@pytest.fixture(scope="module")
+def adapter_sets(tmp_path_factory):
+    """``adapter_sets(family)``: a base and 3 classification adapters of it, built once per module."""
+    built = {}
+
+    def get(family):
+        if family not in built:
+            base, dirs, applied = save_cls_adapters(tmp_path_factory.mktemp(f"cls-{family}"), family, 3)
+            built[family] = {"family": family, "base": base, "dirs": dirs, "applied": applied}
+        return built[family]
+
+    return get
+
+
+def lora_cli(base, dirs, out, *extra):
+    return CliRunner().invoke(main, ["lora", str(base), *map(str, dirs), "--out", str(out), "--method", "task_arithmetic",
+                                     "--quiet", *extra])
+
+
+def expected_backbone(cls_adapters):
+    """The base plus task arithmetic (scaling 0.3) of peft's applied deltas, as the plain model."""
+    family = cls_adapters["family"]
+    model_cls = transformers.BertModel if family == "bert" else transformers.RobertaModel
+    model = model_cls.from_pretrained(cls_adapters["base"]).eval()
+    state = model.state_dict()
+    for name in state:
+        state[name] = state[name] + 0.3 * sum(delta[name] for delta, _ in cls_adapters["applied"] if name in delta)
+    model.load_state_dict(state)
+    return model
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_lora_classification_adapters_give_one_classifier_per_adapter_with_its_own_head(adapter_sets, family, tmp_path):
+    cls_adapters = adapter_sets(family)
+    out = tmp_path / "out"
+    result = lora_cli(cls_adapters["base"], cls_adapters["dirs"], out)
+    assert result.exit_code == 0, result.output
+    assert f"{out / 'tasks'}/<task> for adapter0, adapter1, adapter2" in result.output
+    assert result.output.count("backbone under '" + cls_adapters["family"] + ".' matched to the base") == 3
+    assert result.output.count("LABEL_0..LABEL_2") == 2  # adapters 1 and 2 saved no labels
+    merged = expected_backbone(cls_adapters)
+    with torch.no_grad():
+        outputs = merged(INPUT)
+    features = outputs.pooler_output if cls_adapters["family"] == "bert" else None
+    for t, (_, head) in enumerate(cls_adapters["applied"]):
+        task = out / "tasks" / f"adapter{t}"
+        model = load_classifier(task)
+        assert model.config.num_labels == len(LORA_LABELS[t])
+        assert model.config.id2label == (LABELS[0] if t == 0 else {i: f"LABEL_{i}" for i in range(3)})
+        saved = {n: v for n, v in load_file(str(task / "model.safetensors")).items() if n.startswith("classifier.")}
+        stored = load_file(str(out / "heads" / f"adapter{t}.safetensors"))
+        assert set(saved) == set(head) == set(stored)
+        assert all(torch.equal(saved[n], head[n]) and torch.equal(stored[n], head[n]) for n in head)  # never averaged
+        if features is not None:
+            want = features @ head["classifier.weight"].T + head["classifier.bias"]
+        else:
+            want = torch.tanh(outputs.last_hidden_state[:, 0] @ head["classifier.dense.weight"].T
+                              + head["classifier.dense.bias"]) @ head["classifier.out_proj.weight"].T + head["classifier.out_proj.bias"]
+        torch.testing.assert_close(task_logits(task), want, rtol=1e-4, atol=1e-5)
+    # the root is the merged backbone as the plain model, with the base's config
+    root = transformers.AutoModel.from_pretrained(out).state_dict()
+    torch.testing.assert_close(root, merged.state_dict(), rtol=1e-5, atol=1e-6)
+    assert "tasks/adapter1/" in (out / "README.md").read_text()
+
+
+def test_lora_adapter_output_has_no_heads_and_the_documented_route_attaches_one(adapter_sets, tmp_path):
+    cls_adapters = adapter_sets("bert")
+    dirs = cls_adapters["dirs"]
+    out = tmp_path / "adapter"
+    result = lora_cli(cls_adapters["base"], dirs, out, "--as", "adapter", "--rank", str(3 * R))
+    assert result.exit_code == 0, result.output
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("base_model.model.bert.") for k in keys)  # the classifier's names, no head
+    assert not (out / "tasks").exists()
+    # README's route: the task's head on the classifier, then the adapter; task arithmetic at full rank is exact
+    t = 2
+    head = load_file(str(out / "heads" / f"adapter{t}.safetensors"))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(cls_adapters["base"], num_labels=3)
+    model.load_state_dict(head, strict=False)
+    model = peft.PeftModel.from_pretrained(model, out).eval()
+    merged = expected_backbone(cls_adapters)
+    with torch.no_grad():
+        want = merged(INPUT).pooler_output @ head["classifier.weight"].T + head["classifier.bias"]
+        got = model(INPUT).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert "heads/<task>.safetensors" in (out / "README.md").read_text()
+
+
+def test_the_replayed_lora_config_writes_the_classifier_folders_again(adapter_sets, tmp_path):
+    cls_adapters = adapter_sets("bert")
+    assert lora_cli(cls_adapters["base"], cls_adapters["dirs"][:2], tmp_path / "out").exit_code == 0
+    result = CliRunner().invoke(main, ["merge", str(tmp_path / "out" / "merge_config.yaml"), "--out", str(tmp_path / "again"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "adapter0, adapter1" in result.output
+    for t in range(2):
+        first = load_file(str(tmp_path / "out" / "tasks" / f"adapter{t}" / "model.safetensors"))
+        again = load_file(str(tmp_path / "again" / "tasks" / f"adapter{t}" / "model.safetensors"))
+        assert set(first) == set(again) and all(torch.equal(first[n], again[n]) for n in first)
+
+
+def test_lora_against_a_classifier_base_keeps_same_size_heads_apart(adapter_sets, tmp_path):
+    """A base that is itself a classifier has a (random) head of the same size as two adapters'
+    heads: those are still each adapter's own, never merged, and the root keeps the base's."""
+    cls_adapters = adapter_sets("bert")
+    base = transformers.BertModel.from_pretrained(cls_adapters["base"])
+    torch.manual_seed(5)
+    clf = transformers.BertForSequenceClassification(with_labels(bert_config(), LABELS[1]))
+    clf.bert.load_state_dict(base.state_dict())
+    clf.save_pretrained(tmp_path / "clf-base")
+    out = tmp_path / "out"
+    result = lora_cli(tmp_path / "clf-base", cls_adapters["dirs"][1:], out)
+    assert result.exit_code == 0, result.output
+    heads = [cls_adapters["applied"][t][1] for t in (1, 2)]
+    assert not torch.equal(heads[0]["classifier.weight"], heads[1]["classifier.weight"])
+    for t, head in zip((1, 2), heads):
+        saved = load_file(str(out / "tasks" / f"adapter{t}" / "model.safetensors"))
+        assert all(torch.equal(saved[n], head[n]) for n in head)
+        assert load_classifier(out / "tasks" / f"adapter{t}").config.num_labels == 3
+    root = load_file(str(out / "model.safetensors"))
+    assert torch.equal(root["classifier.weight"], clf.classifier.weight)
