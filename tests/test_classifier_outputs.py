@@ -157,10 +157,14 @@ def test_merge_of_roberta_classifiers_leaves_out_the_unused_pooler(tmp_path):
         assert load_classifier(task).config.id2label == LABELS[t]
 
 
-def test_a_failure_while_writing_the_task_folders_leaves_no_output(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", ["merge", "lora"])
+def test_a_failure_while_writing_the_task_folders_leaves_no_output(command, adapter_sets, tmp_path, monkeypatch):
     from mdamerge.io import writer
 
-    base, dirs = save_fine_tunes(tmp_path, "bert", 2)
+    if command == "merge":
+        base, dirs = save_fine_tunes(tmp_path, "bert", 2)
+    else:
+        base, dirs = adapter_sets("bert")["base"], adapter_sets("bert")["dirs"]
     real = writer.StreamingSafetensorsWriter.write
 
     def disk_full_in_task_folders(self, name, tensor):
@@ -169,7 +173,7 @@ def test_a_failure_while_writing_the_task_folders_leaves_no_output(tmp_path, mon
         return real(self, name, tensor)
 
     monkeypatch.setattr(writer.StreamingSafetensorsWriter, "write", disk_full_in_task_folders)
-    result = merge_cli(tmp_path, base, dirs)
+    result = merge_cli(tmp_path, base, dirs) if command == "merge" else lora_cli(base, dirs, tmp_path / "out")
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: cannot write")
     assert "Traceback" not in result.output
@@ -189,7 +193,6 @@ def test_the_replayed_merge_config_writes_the_same_task_folders(tmp_path):
 
 
 # -- mdamerge lora --------------------------------------------------------------------
-peft = pytest.importorskip("peft")
 R = 4
 
 
@@ -197,6 +200,7 @@ def save_cls_adapters(root, family: str, count: int):
     """A plain base and ``count`` PEFT SEQ_CLS LoRA adapters trained on classifiers of it (different
     label counts). Adapter 0's folder also has a config.json with its id2label, as a Trainer saves.
     Returns (base folder, adapter folders, [(backbone delta by base name, head by classifier name)])."""
+    peft = pytest.importorskip("peft")
     config, base_cls, clf_cls = ((bert_config(), transformers.BertModel, transformers.BertForSequenceClassification)
                                  if family == "bert" else
                                  (roberta_config(), transformers.RobertaModel, transformers.RobertaForSequenceClassification))
@@ -308,7 +312,7 @@ def test_lora_adapter_output_has_no_heads_and_the_documented_route_attaches_one(
     head = load_file(str(out / "heads" / f"adapter{t}.safetensors"))
     model = transformers.AutoModelForSequenceClassification.from_pretrained(cls_adapters["base"], num_labels=3)
     model.load_state_dict(head, strict=False)
-    model = peft.PeftModel.from_pretrained(model, out).eval()
+    model = pytest.importorskip("peft").PeftModel.from_pretrained(model, out).eval()
     merged = expected_backbone(cls_adapters)
     with torch.no_grad():
         want = merged(INPUT).pooler_output @ head["classifier.weight"].T + head["classifier.bias"]

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from ..engine.prefixes import KNOWN_PREFIXES
-from ..errors import CheckpointError, warn
+from ..errors import warn
 from ..io.classifiers import TaskClassifier, read_config
 from .adapters import LoraAdapter
 
@@ -82,8 +82,9 @@ def announce(adapter: LoraAdapter, head: AdapterHead, task: str, model_output: b
         return
     names = ", ".join(sorted(head.keys)[:3]) + (", ..." if len(head.keys) > 3 else "")
     where = f"heads/{task}.safetensors" + (f" and tasks/{task}/" if model_output else "")
-    print(f"note: {adapter.label}: backbone under '{head.prefix}' matched to the base"
-          + (f"; its head ({names}) is not merged, kept in {where}" if head.keys else ""), file=sys.stderr)
+    matched = [f"backbone under '{head.prefix}' matched to the base"] if head.prefix else []
+    kept = [f"its head ({names}) is not merged, kept in {where}"] if head.keys else []
+    print(f"note: {adapter.label}: " + "; ".join(matched + kept), file=sys.stderr)
 
 
 # -- the classifier folder of an adapter -------------------------------------------------------
@@ -146,9 +147,10 @@ def adapter_classifier(adapter: LoraAdapter, head: AdapterHead, task: str, base_
         expected = _meta_state(class_name, config)
         if all(expected.get(n) == s for n, s in shapes.items()):
             break
-    else:
-        raise CheckpointError(f"{adapter.label}: its head ({', '.join(sorted(shapes))}) does not fit a {class_name} "
-                              f"of the base for any label count")
+    else:  # not a classification head (a causal LM's lm_head against AutoModel, ...): heads/ only
+        warn(f"{adapter.label}: its head ({', '.join(sorted(shapes))}) does not fit a {class_name} of the base for any "
+             f"label count: no tasks/{task}/ (the head is in heads/{task}.safetensors)")
+        return None
     id2label = _labels(adapter, count, task)
     config = {**config, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
     config.pop("num_labels")  # transformers derives it from id2label

@@ -318,9 +318,7 @@ class LoraMerger:
 
     def classifiers(self) -> list:
         """A classifier folder per adapter with a head (base + merged delta, that adapter's head)."""
-        if not self.base_path.is_dir():
-            return []
-        found = (adapter_classifier(a, h, t, self.base_path, self.base.keys())
+        found = (adapter_classifier(a, h, t, self.base.folder, self.base.keys())
                  for a, h, t in zip(self.adapters, self.heads, self.tasks) if h.keys)
         return [c for c in found if c is not None]
 
@@ -371,7 +369,10 @@ def merge_lora(
     ``output="model"`` writes the base with the merged delta added (a Hugging Face
     folder with the base's config and tokenizer files); ``output="adapter"`` writes a
     new PEFT adapter of rank ``rank`` (default: the largest input rank) whose product is
-    the best rank-``rank`` approximation of the merged delta. ``parameters`` are the
+    the best rank-``rank`` approximation of the merged delta. Classification adapters
+    (PEFT ``SEQ_CLS``; see :mod:`mdamerge.lora.heads`) keep their own heads, never merged:
+    ``heads/<adapter>.safetensors``, and for a model output a loadable classifier per
+    adapter in ``tasks/<adapter>/`` (:attr:`LoraMergeResult.tasks`). ``parameters`` are the
     method's (``mdamerge methods``), ``weights`` scale each adapter's task vector.
     ``out_dir`` must not overlap the base or an adapter (docs/safety.md); it appears only
     once complete.
