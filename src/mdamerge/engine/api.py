@@ -97,6 +97,7 @@ def merge(
     )
     effective_exclude = warn_unmatched_patterns(cfg.exclude, cfg.resolver.filters(), engine.plan.names)
     extra_files = plan_non_weight_files(Path(cfg.base_model)) if Path(cfg.base_model).is_dir() else []
+    classifiers = prefixes.classifiers(base.checkpoint.folder)  # configs read before anything is written
     output = AtomicOutputDir(out_dir, overwrite=overwrite)
     with output as tmp:
         with writing(out_dir):
@@ -116,7 +117,7 @@ def merge(
             writer.close()
             heads = [path.stem for path in prefixes.save_heads(tmp)]
             # classification fine-tunes: a loadable classifier per task, its backbone read back from tmp
-            tasks = write_task_folders(tmp, prefixes.classifiers(base.checkpoint.folder), cfg.shard_size)
+            tasks = write_task_folders(tmp, classifiers, cfg.shard_size)
             copy_planned_files(extra_files, tmp, out_dir)
             explicit = cfg.to_dict()
             (tmp / "merge_config.yaml").write_text(yaml.safe_dump(explicit, sort_keys=False))

@@ -390,13 +390,17 @@ def merge_lora(
         rank = max((m.rank for a in merger.adapters for m in a.modules.values()), default=1)
     for adapter, head, task in zip(merger.adapters, merger.heads, merger.tasks):
         announce(adapter, head, task, output == "model")
+    # planned before anything is written: a config or prefix problem fails fast
+    classifiers = merger.classifiers() if output == "model" else []
+    if output == "adapter":
+        merger.adapter_prefix()
     folder = OutputFolder(out_dir, overwrite=overwrite)
     with folder as tmp:
         tasks: list[str] = []
         if output == "model":
             errors: dict[str, float] = {}
             _write_model(merger, tmp, out_dtype, parse_size(shard_size), progress)
-            tasks = write_task_folders(tmp, merger.classifiers(), parse_size(shard_size))
+            tasks = write_task_folders(tmp, classifiers, parse_size(shard_size))
         else:
             errors = _write_adapter(merger, tmp, rank, out_dtype or torch.float32, progress)
         heads = merger.save_heads(tmp)
