@@ -180,6 +180,17 @@ def test_a_failure_while_writing_the_task_folders_leaves_no_output(command, adap
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
 
+def test_a_fine_tune_without_config_json_gets_its_head_file_only(tmp_path):
+    base, dirs = save_fine_tunes(tmp_path, "bert", 2)
+    (dirs[1] / "config.json").unlink()
+    result = merge_cli(tmp_path, base, dirs)
+    assert result.exit_code == 0, result.output
+    assert "no config.json, so no classifier folder tasks/task1/" in result.output
+    assert "/<task> for task0\n" in result.output
+    assert (tmp_path / "out" / "heads" / "task1.safetensors").exists() and not (tmp_path / "out" / "tasks" / "task1").exists()
+    load_classifier(tmp_path / "out" / "tasks" / "task0")
+
+
 def test_the_replayed_merge_config_writes_the_same_task_folders(tmp_path):
     base, dirs = save_fine_tunes(tmp_path, "bert", 2)
     assert merge_cli(tmp_path, base, dirs).exit_code == 0
