@@ -83,7 +83,7 @@ def main() -> None:
               help="Merge tensors on a Ray cluster: 'auto', HOST:PORT, ray://HOST:PORT, or 'local' (start one here).")
 @click.option("--prefix", default=None, metavar="auto|none|PREFIX",
               help="Fine-tunes saved under a prefix (bert., model., ...): detect (auto, the default), none, or give it; "
-                   "task heads are saved to OUT/heads/.")
+                   "task heads are saved to OUT/heads/, a loadable classifier per task to OUT/tasks/.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
 def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_address, prefix, threads):
     """Merge the models that CONFIG (YAML) names into a Hugging Face folder.
@@ -130,6 +130,15 @@ def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_add
         f"in {result.seconds:.1f}s -> {result.out_dir} [{', '.join(result.shards)}]"
         + (" (replaced the existing folder)" if result.replaced else "")
     )
+    echo_task_folders(result)
+
+
+def echo_task_folders(result) -> None:
+    """One line naming the per-task classifier folders of a merge output, when it has any."""
+    if getattr(result, "tasks", None):
+        from .io.classifiers import task_folders_line
+
+        click.echo(task_folders_line(result.out_dir, result.tasks))
 
 
 ADAPTIVE_HINTS = ("adamerging", "adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot")
@@ -164,6 +173,7 @@ def _replay_lora(config, out_dir, device, dtype, overwrite, quiet) -> None:
     result = replay_lora_config(config, out_dir, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
     click.echo(f"replayed a LoRA merge ({result.output}) of {result.adapted} weights with '{result.method}' "
                f"in {result.seconds:.1f}s -> {result.out_dir}" + (" (replaced the existing folder)" if result.replaced else ""))
+    echo_task_folders(result)
 
 
 @main.command("methods")

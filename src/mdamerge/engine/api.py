@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from ..config import MergeConfig, ParameterResolver, check_patterns, matches_any, parse_dtype
+from ..io.classifiers import task_folders_card, write_task_folders
 from ..io.modelcard import model_card
 from ..errors import MergeError, warn
 from ..io.writer import AtomicOutputDir, ShardedWriter, check_output_location, copy_planned_files, plan_non_weight_files, writing
@@ -33,6 +34,7 @@ class MergeResult:
     shards: list[str]
     seconds: float
     replaced: bool = False  # an existing out_dir was replaced (overwrite=True)
+    tasks: list[str] = field(default_factory=list)  # classifier folders written under out_dir/tasks/
 
 
 def _as_config(config: MergeConfig | dict | str | Path) -> MergeConfig:
@@ -59,7 +61,9 @@ def merge(
     ``config`` is a :class:`MergeConfig`, a mapping of the YAML schema, or a YAML path.
     ``device``, ``dtype`` and ``workers`` override the config. The folder holds the
     (sharded) safetensors weights, the base's non-weight files, ``merge_config.yaml``
-    and a ``README.md`` model card; it appears only once complete. ``executor``
+    and a ``README.md`` model card; it appears only once complete. Classification fine-tunes
+    (backbone under a prefix, see :mod:`mdamerge.engine.prefixes`) add ``heads/<task>.safetensors``
+    and a loadable classifier folder ``tasks/<task>/`` each (:attr:`MergeResult.tasks`). ``executor``
     distributes the tensors (see :meth:`MergeEngine.run`), e.g. a
     :class:`~mdamerge.engine.distributed.RayExecutor`.
 
@@ -93,6 +97,7 @@ def merge(
     )
     effective_exclude = warn_unmatched_patterns(cfg.exclude, cfg.resolver.filters(), engine.plan.names)
     extra_files = plan_non_weight_files(Path(cfg.base_model)) if Path(cfg.base_model).is_dir() else []
+    classifiers = prefixes.classifiers(base.checkpoint.folder)  # configs read before anything is written
     output = AtomicOutputDir(out_dir, overwrite=overwrite)
     with output as tmp:
         with writing(out_dir):
@@ -110,13 +115,16 @@ def merge(
         stats = {"merged": len(engine.plan.merged), "copied": len(engine.plan.copied), "exclude": effective_exclude}
         with writing(out_dir):
             writer.close()
-            prefixes.save_heads(tmp)
+            heads = [path.stem for path in prefixes.save_heads(tmp)]
+            # classification fine-tunes: a loadable classifier per task, its backbone read back from tmp
+            tasks = write_task_folders(tmp, classifiers, cfg.shard_size)
             copy_planned_files(extra_files, tmp, out_dir)
             explicit = cfg.to_dict()
             (tmp / "merge_config.yaml").write_text(yaml.safe_dump(explicit, sort_keys=False))
-            (tmp / "README.md").write_text(model_card(explicit, cfg.method_impl.summary, stats))
+            card = model_card(explicit, cfg.method_impl.summary, stats)
+            (tmp / "README.md").write_text(card + (task_folders_card(tasks, heads) if heads else ""))
     return MergeResult(Path(out_dir), cfg.method, stats["merged"], stats["copied"], writer.shard_files,
-                       time.perf_counter() - start, replaced=output.replaced)
+                       time.perf_counter() - start, replaced=output.replaced, tasks=tasks)
 
 
 def warn_unmatched_patterns(exclude: Sequence[str], filters: Sequence[tuple[str, str]], names: Sequence[str]) -> list[str]:

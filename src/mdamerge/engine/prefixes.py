@@ -6,7 +6,10 @@ model's ``base_model_prefix`` (``bert.embeddings...``, ``roberta.``, ``model.``,
 ``AutoModel`` has the bare names. Such a fine-tune is merged through a view that strips
 the prefix and shows only the base's tensors; everything else (the task head) stays out of
 the merge and is saved per task as ``OUT/heads/<task>.safetensors`` under its original
-names, so each task's classifier can be put back on the merged backbone.
+names. Each such task also gets ``OUT/tasks/<task>/``, a complete classifier (the merged
+backbone under the fine-tune's prefix, its head, its config.json with ``id2label``, its
+tokenizer files) that ``AutoModelForSequenceClassification.from_pretrained`` loads as it is
+(:mod:`mdamerge.io.classifiers`).
 
 ``prefix: auto`` (the default) detects the prefix: the one whose stripped names cover
 every floating-point tensor of the base. ``prefix: none`` turns this off; ``prefix: bert.``
@@ -22,23 +25,32 @@ from typing import Sequence
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, warn
 from ..io.checkpoint import TensorInfo
+from ..io.classifiers import TaskClassifier, read_config, save_head_file
 
 KNOWN_PREFIXES = ("bert.", "roberta.", "model.", "vision_model.", "text_model.", "distilbert.", "deberta.",
                   "electra.", "albert.", "transformer.", "encoder.", "vit.", "clip.")
 
 
 class PrefixedSource:
-    """A fine-tuned source seen through the base's names: ``prefix + name`` for every base tensor it has."""
+    """A fine-tuned source seen through the base's names: ``prefix + name`` for every base tensor it has.
 
-    def __init__(self, source, prefix: str, base_keys: Sequence[str]):
-        self.source, self.prefix = source, prefix
+    With ``base`` given, base tensors of a whole module the fine-tune's architecture lacks
+    (RobertaModel's pooler, which RobertaForSequenceClassification does not have; see
+    :func:`absent_modules`) are read from the base: a zero task vector, so the merged output
+    keeps the base's values there. :attr:`own_keys` are the names the fine-tune itself holds.
+    """
+
+    def __init__(self, source, prefix: str, base_keys: Sequence[str], base=None):
+        self.source, self.prefix, self.base = source, prefix, base
         self.label = source.label
         available = set(source.keys())
-        self._keys = [k for k in base_keys if prefix + k in available]
+        self.own_keys = [k for k in base_keys if prefix + k in available]
+        self.absent = sorted(absent_modules(base, source, prefix) or ()) if base is not None else []
+        self._keys = [k for k in base_keys if prefix + k in available or k in set(self.absent)]
         self._names = set(self._keys)
-        mapped = {prefix + k for k in self._keys}
+        mapped = {prefix + k for k in self.own_keys}
         self.heads = [k for k in source.keys() if k not in mapped]
 
     @property
@@ -51,27 +63,49 @@ class PrefixedSource:
     def __contains__(self, name: str) -> bool:
         return name in self._names
 
+    def _holder(self, name: str):
+        return (self.base, name) if name in self.absent else (self.source, self.prefix + name)
+
     def info(self, name: str) -> TensorInfo:
-        return self.source.info(self.prefix + name)
+        source, key = self._holder(name)
+        return source.info(key)
 
     def get(self, name: str) -> torch.Tensor:
-        return self.source.get(self.prefix + name)
+        source, key = self._holder(name)
+        return source.get(key)
 
 
 def _floating(source, names) -> set[str]:
     return {n for n in names if source.info(n).dtype.is_floating_point}
 
 
+def absent_modules(base, model, prefix: str) -> set[str] | None:
+    """The floating base tensors ``model`` lacks under ``prefix`` when they are whole top-level
+    modules of which it has nothing (an architecture without that module, e.g. no pooler),
+    and it has most of the base; ``None`` when it lacks part of a module or most of the base."""
+    needed = _floating(base, base.keys())
+    keys = set(model.keys())
+    missing = {n for n in needed if prefix + n not in keys}
+    modules = {n.split(".", 1)[0] for n in missing}
+    if 2 * len(missing) >= len(needed) or any(k.startswith(prefix + m + ".") for m in modules for k in keys):
+        return None
+    return missing
+
+
 def detect_prefix(base, model) -> str | None:
-    """The prefix under which ``model`` holds every floating-point tensor of ``base`` (``""`` when it needs none),
-    or ``None`` when no prefix does."""
+    """The prefix under which ``model`` holds every floating-point tensor of ``base`` (``""`` when it
+    needs none), else one under which it lacks only whole modules (:func:`absent_modules`), or
+    ``None`` when no prefix does."""
     needed = _floating(base, base.keys())
     keys = set(model.keys())
     if needed <= keys:
         return ""
-    candidates = list(KNOWN_PREFIXES) + sorted({k.split(".", 1)[0] + "." for k in keys if "." in k})
-    for prefix in dict.fromkeys(candidates):
+    candidates = list(dict.fromkeys(list(KNOWN_PREFIXES) + sorted({k.split(".", 1)[0] + "." for k in keys if "." in k})))
+    for prefix in candidates:
         if all(prefix + n in keys for n in needed):
+            return prefix
+    for prefix in candidates:
+        if absent_modules(base, model, prefix) is not None:
             return prefix
     return None
 
@@ -86,21 +120,34 @@ class PrefixPlan:
 
     def save_heads(self, folder: Path) -> list[Path]:
         """Write each task's left-out tensors to ``folder/heads/<task>.safetensors`` (original names)."""
-        from safetensors.torch import save_file
+        return [save_head_file(folder, task, _read(source, names), {"source": str(source.label), "prefix": source.prefix})
+                for task, (source, names) in self.heads.items() if names]
 
-        written = []
-        for task, (source, names) in self.heads.items():
-            if not names:
+    def classifiers(self, base_folder: Path | None = None) -> list[TaskClassifier]:
+        """The classifier folder of each task with a head: the fine-tune's config.json, its backbone
+        names, its head; tokenizer files from the fine-tune's folder, else ``base_folder``. A fine-tune
+        without a config.json gets only its ``heads/`` file (one warning line)."""
+        tasks = []
+        for task, (view, names) in self.heads.items():
+            checkpoint = getattr(view.source, "checkpoint", None)
+            folder = checkpoint.folder if checkpoint is not None else None
+            if not names or folder is None:
                 continue
-            (folder / "heads").mkdir(exist_ok=True)
-            path = folder / "heads" / f"{task}.safetensors"
-            tensors = {n: source.source.get(n).contiguous() for n in names}  # original names
-            save_file(tensors, str(path), metadata={"source": str(source.label), "prefix": source.prefix})
-            written.append(path)
-        return written
+            if not (folder / "config.json").is_file():
+                warn(f"{view.label}: no config.json, so no classifier folder tasks/{task}/ (its head is in heads/{task}.safetensors)")
+                continue
+            tasks.append(TaskClassifier(task, view.prefix, view.own_keys, lambda view=view, names=names: _read(view, names),
+                                        read_config(folder, view.label), [folder, base_folder]))
+        return tasks
 
 
-def _task_names(labels: Sequence[str]) -> list[str]:
+def _read(view: "PrefixedSource", names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Tensors of the underlying fine-tune under their original (prefixed) names."""
+    return {n: view.source.get(n) for n in names}
+
+
+def task_names(labels: Sequence[str]) -> list[str]:
+    """One short, unique name per model: its folder's name (numbered where two share one)."""
     names = [Path(str(label).rstrip("/")).name or "model" for label in labels]
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
 
@@ -115,7 +162,7 @@ def align_prefixes(base, models: Sequence, mode: str = "auto") -> PrefixPlan:
         return PrefixPlan(list(models))
     plan = PrefixPlan([])
     base_keys = base.keys()
-    for task, model in zip(_task_names([m.label for m in models]), models):
+    for task, model in zip(task_names([m.label for m in models]), models):
         if mode == "auto":
             prefix = detect_prefix(base, model)
             if not prefix:  # "" (names already match) or None (the compatibility check reports it)
@@ -123,17 +170,19 @@ def align_prefixes(base, models: Sequence, mode: str = "auto") -> PrefixPlan:
                 continue
         else:
             prefix = mode if mode.endswith(".") else mode + "."
-            missing = [n for n in _floating(base, base_keys) if prefix + n not in set(model.keys())]
-            if missing:
+            missing = sorted(n for n in _floating(base, base_keys) if prefix + n not in set(model.keys()))
+            if missing and absent_modules(base, model, prefix) is None:
                 raise CheckpointError(f"{model.label}: no tensor '{prefix}{missing[0]}' (prefix '{prefix}' given); "
                                       f"{len(missing)} base tensor(s) missing under it")
-        view = PrefixedSource(model, prefix, base_keys)
+        view = PrefixedSource(model, prefix, base_keys, base)
         plan.models.append(view)
         plan.heads[task] = (view, view.heads)
         shown = ", ".join(view.heads[:3]) + (", ..." if len(view.heads) > 3 else "")
+        absent = sorted({n.split(".", 1)[0] + ".*" for n in view.absent})
         plan.notices.append(f"{model.label}: backbone under '{prefix}' matched to the base; "
                             f"{len(view.heads)} other tensor(s) ({shown or 'none'}) left out of the merge"
-                            + (f", saved to heads/{task}.safetensors" if view.heads else ""))
+                            + (f", saved to heads/{task}.safetensors" if view.heads else "")
+                            + (f"; it has no {', '.join(absent)} (kept from the base)" if absent else ""))
     return plan
 
 

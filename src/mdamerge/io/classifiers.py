@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import TensorInfo
+from .checkpoint import Checkpoint, TensorInfo
 from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, copy_planned_files, plan_non_weight_files
 
 TASKS_DIR = "tasks"
@@ -125,3 +126,101 @@ def write_weights(folder: Path, entries: Sequence[tuple[str, TensorInfo]], tenso
         raise
     writer.close()
     return writer.shard_files
+
+
+# -- the task folders of one merged output ------------------------------------------------
+HEADS_DIR = "heads"
+
+
+@dataclass
+class TaskClassifier:
+    """One task's classifier folder to write next to a merged backbone.
+
+    ``backbone``: the merged output's tensor names (the base's names) that this task's
+    architecture holds under ``prefix``; ``read_head()``: the task's head tensors under
+    their names in the classifier (read only when its folder is written, so that the heads
+    of many tasks are never in memory together); ``config``: its ``config.json`` content.
+    """
+
+    name: str
+    prefix: str
+    backbone: list[str]
+    read_head: Callable[[], dict[str, torch.Tensor]]
+    config: dict
+    input_sources: list[Path] = field(default_factory=list)
+
+
+class _Subset:
+    """A tensor source restricted to some of its names (the backbone of one task)."""
+
+    def __init__(self, source, names: Sequence[str]):
+        missing = [n for n in names if n not in source]
+        if missing:  # the merged output lacks a tensor the fine-tune's backbone has
+            raise CheckpointError(f"the merged output has no tensor '{missing[0]}' for a task's classifier folder")
+        self.source, self._names = source, list(names)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.source.info(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.source.get(name)
+
+
+def unique_folder_names(tasks: Sequence[str]) -> list[str]:
+    """:func:`task_folder_name` of each task, numbered where two would share a folder."""
+    names = [task_folder_name(t) for t in tasks]
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+
+def write_task_folders(out: Path, tasks: Sequence[TaskClassifier], max_shard_bytes: int = DEFAULT_SHARD_SIZE) -> list[str]:
+    """Write ``out/tasks/<task>/`` for each task, its backbone read back lazily from the merged
+    weights already written in ``out`` (one tensor at a time). Returns the folder names."""
+    if not tasks:
+        return []
+    merged = Checkpoint(out)  # only out's top-level weights: heads/ and tasks/ are subfolders
+    folders = unique_folder_names([t.name for t in tasks])
+    for task, name in zip(tasks, folders):
+        folder = Path(out) / TASKS_DIR / name
+        folder.mkdir(parents=True)
+        write_classifier_folder(folder, _Subset(merged, task.backbone), task.prefix, task.read_head(), task.config,
+                                task.input_sources, max_shard_bytes)
+    return folders
+
+
+def save_head_file(out: Path, task: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """``out/heads/<task>.safetensors``: one task's head tensors under their names in its classifier."""
+    from safetensors.torch import save_file
+
+    (Path(out) / HEADS_DIR).mkdir(exist_ok=True)
+    path = Path(out) / HEADS_DIR / f"{task}.safetensors"
+    save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(path), metadata=dict(metadata))
+    return path
+
+
+def task_folders_line(out_dir: Path | str, folders: Sequence[str]) -> str:
+    """The one stdout line that says where the task folders are."""
+    shown = ", ".join(folders)
+    return (f"classifier per task (AutoModelFor...Classification.from_pretrained): "
+            f"{Path(out_dir) / TASKS_DIR}/<task> for {shown}")
+
+
+def task_folders_card(folders: Sequence[str], heads: Sequence[str] = ()) -> str:
+    """The model card's section on the per-task classifiers (``folders``) and head files (``heads``)."""
+    lines = ["", "## Task classifiers", ""]
+    if folders:
+        lines += ["The root folder is the merged backbone (the base's `AutoModel` config). Each classification",
+                  "fine-tune has a complete classifier -- this merged backbone under its prefix, its own head, its",
+                  "config (`id2label`, `num_labels`, `architectures`) and tokenizer files -- in `tasks/<task>/`:", "",
+                  "```python",
+                  "from transformers import AutoModelForSequenceClassification  # or AutoModelForImageClassification",
+                  f"model = AutoModelForSequenceClassification.from_pretrained(\"tasks/{folders[0]}\")",
+                  "```", ""]
+        lines += [f"- `tasks/{name}/`" for name in folders]
+        lines.append("")
+    if heads:
+        lines += ["Each task's head alone (its tensors under their names in the classifier) is in "
+                  "`heads/<task>.safetensors`: " + ", ".join(f"`{h}`" for h in heads) + ".", ""]
+    return "\n".join(lines)

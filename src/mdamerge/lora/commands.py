@@ -51,7 +51,7 @@ def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, 
 
     OUT/merge_config.yaml replays the merge: `mdamerge merge OUT/merge_config.yaml --out DIR`.
     """
-    from ..cli import set_threads
+    from ..cli import echo_task_folders, set_threads
     from .merge import merge_lora
 
     set_threads(threads)
@@ -64,3 +64,4 @@ def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, 
     click.echo(f"merged {len(adapters)} adapters into {result.adapted} weights with '{result.method}' "
                f"in {result.seconds:.1f}s -> {result.out_dir} ({result.output}; {detail})"
                + (" (replaced the existing folder)" if result.replaced else ""))
+    echo_task_folders(result)

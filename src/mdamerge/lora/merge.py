@@ -53,7 +53,10 @@ from ..methods.base import TensorJob
 from ..methods.iso_cts import iso_cts_split
 from ..methods.linalg import default_rank, polar_factor, rebuild, top_k_svd
 from ..methods.mda import mda_align
+from ..engine.prefixes import task_names
+from ..io.classifiers import save_head_file, task_folders_card, write_task_folders
 from .adapters import PEFT_PREFIX, TRANSPOSED_KINDS, LoraAdapter
+from .heads import adapter_classifier, announce, split_head
 
 LOW_RANK_METHODS = ("tsv", "mda", "iso_c", "iso_cts")
 SPAN_PRESERVING = ("average", "task_arithmetic")  # merged delta stays in the span of the factors
@@ -198,6 +201,8 @@ class LoraMergeResult:
     seconds: float
     errors: dict[str, float] = field(default_factory=dict)
     replaced: bool = False  # an existing out_dir was replaced (overwrite=True)
+    heads: list[str] = field(default_factory=list)  # adapters whose head is in out_dir/heads/<name>.safetensors
+    tasks: list[str] = field(default_factory=list)  # classifier folders written under out_dir/tasks/
 
 
 class LoraMerger:
@@ -218,6 +223,9 @@ class LoraMerger:
         self.resolver = ParameterResolver(self.method, parameters or {})
         self.seed = seed
         self.device = resolve_device(device)
+        # classification adapters: backbone under 'bert.' etc. renamed to the base's names, heads kept apart
+        self.tasks = task_names([a.label for a in self.adapters])
+        self.heads = [split_head(a, set(self.base.keys())) for a in self.adapters]
         self._check_targets()
         touched = {t for a in self.adapters for t in (*a.modules, *a.full)}
         self.targets = [name for name in self.base.keys() if name in touched]
@@ -298,6 +306,31 @@ class LoraMerger:
             raise MergeError(f"method '{self.method.name}' produced non-finite values for '{target}' (check its parameters)")
         return delta
 
+    # -- heads of classification adapters -------------------------------------------------
+    def save_heads(self, folder: Path) -> list[str]:
+        """Each adapter's head to ``folder/heads/<adapter>.safetensors``; the names written."""
+        written = []
+        for adapter, head, task in zip(self.adapters, self.heads, self.tasks):
+            if head.keys:
+                save_head_file(folder, task, head.read(adapter), {"source": adapter.label, "prefix": head.prefix})
+                written.append(task)
+        return written
+
+    def classifiers(self) -> list:
+        """A classifier folder per adapter with a head (base + merged delta, that adapter's head)."""
+        found = (adapter_classifier(a, h, t, self.base.folder, self.base.keys())
+                 for a, h, t in zip(self.adapters, self.heads, self.tasks) if h.keys)
+        return [c for c in found if c is not None]
+
+    def adapter_prefix(self) -> str:
+        """The prefix a merged adapter's names get back (``bert.``), so that it applies to the
+        classifier the adapters were trained on; one for all adapters."""
+        prefixes = sorted({h.prefix for h in self.heads})
+        if len(prefixes) > 1:
+            raise MergeError(f"the adapters sit under different prefixes ({', '.join(repr(p) for p in prefixes)}); "
+                             "they cannot be merged into one adapter (use --as model)")
+        return prefixes[0]
+
     def explicit_config(self, output: str, rank: int | None, dtype: str | None) -> dict[str, Any]:
         return {
             # absolute paths: `mdamerge merge OUT/merge_config.yaml` replays it from any directory
@@ -336,7 +369,10 @@ def merge_lora(
     ``output="model"`` writes the base with the merged delta added (a Hugging Face
     folder with the base's config and tokenizer files); ``output="adapter"`` writes a
     new PEFT adapter of rank ``rank`` (default: the largest input rank) whose product is
-    the best rank-``rank`` approximation of the merged delta. ``parameters`` are the
+    the best rank-``rank`` approximation of the merged delta. Classification adapters
+    (PEFT ``SEQ_CLS``; see :mod:`mdamerge.lora.heads`) keep their own heads, never merged:
+    ``heads/<adapter>.safetensors``, and for a model output a loadable classifier per
+    adapter in ``tasks/<adapter>/`` (:attr:`LoraMergeResult.tasks`). ``parameters`` are the
     method's (``mdamerge methods``), ``weights`` scale each adapter's task vector.
     ``out_dir`` must not overlap the base or an adapter (docs/safety.md); it appears only
     once complete.
@@ -352,23 +388,50 @@ def merge_lora(
     merger.prepare()
     if output == "adapter" and rank is None:
         rank = max((m.rank for a in merger.adapters for m in a.modules.values()), default=1)
+    for adapter, head, task in zip(merger.adapters, merger.heads, merger.tasks):
+        announce(adapter, head, task, output == "model")
+    # planned before anything is written: a config or prefix problem fails fast
+    classifiers = merger.classifiers() if output == "model" else []
+    if output == "adapter":
+        merger.adapter_prefix()
     folder = OutputFolder(out_dir, overwrite=overwrite)
     with folder as tmp:
+        tasks: list[str] = []
         if output == "model":
             errors: dict[str, float] = {}
             _write_model(merger, tmp, out_dtype, parse_size(shard_size), progress)
+            tasks = write_task_folders(tmp, classifiers, parse_size(shard_size))
         else:
             errors = _write_adapter(merger, tmp, rank, out_dtype or torch.float32, progress)
+        heads = merger.save_heads(tmp)
         explicit = merger.explicit_config(output, rank if output == "adapter" else None, dtype)
         (tmp / "merge_config.yaml").write_text(yaml.safe_dump(explicit, sort_keys=False))
         stats = {"merged": len(merger.targets), "copied": len(merger.base.keys()) - len(merger.targets)}
         summary = f"LoRA adapters merged with {merger.method.summary}"
-        (tmp / "README.md").write_text(model_card(explicit, summary, stats))
+        card = model_card(explicit, summary, stats) + (task_folders_card(tasks, heads) if heads else "")
+        (tmp / "README.md").write_text(card + (ATTACH_HEAD if heads and output == "adapter" else ""))
     return LoraMergeResult(
         Path(out_dir), merger.method.name, output, len(merger.targets),
         stats["copied"] if output == "model" else 0, rank if output == "adapter" else None,
-        max(errors.values(), default=0.0), time.perf_counter() - start, errors, folder.replaced,
+        max(errors.values(), default=0.0), time.perf_counter() - start, errors, folder.replaced, heads, tasks,
     )
+
+
+ATTACH_HEAD = """
+The adapter holds no head (each task's head is its own, never merged). To use it for one task,
+put that task's head on the classifier before loading the adapter:
+
+```python
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+head = load_file("heads/<task>.safetensors")  # names as in the classifier: classifier.weight, ...
+model = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=NUM_LABELS)
+model.load_state_dict(head, strict=False)
+model = PeftModel.from_pretrained(model, ".")
+```
+"""
 
 
 def _write_model(merger: LoraMerger, folder: Path, out_dtype, shard_size: int, progress: bool) -> None:
@@ -408,7 +471,12 @@ def _adapter_config(merger: LoraMerger, rank: int, modules: list[str]) -> dict[s
     if len(fan_in) > 1:
         raise MergeError("the adapters disagree on fan_in_fan_out; they cannot be merged into one adapter")
     config = dict(configs[0])
-    saved = sorted({m for c in configs for m in (c.get("modules_to_save") or [])})
+    # heads stay out of the adapter (one per task, in heads/): PEFT must not expect them, neither
+    # through modules_to_save nor through task_type SEQ_CLS, which adds classifier/score to it
+    head_modules = {name.split(".", 1)[0] for head in merger.heads for name in head.keys}
+    saved = sorted({m for c in configs for m in (c.get("modules_to_save") or [])} - head_modules)
+    if head_modules:
+        config["task_type"] = None
     bias = next((c.get("bias") for c in configs if c.get("bias", "none") != "none"), "none")
     config.update({
         "r": rank, "lora_alpha": rank, "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
@@ -423,19 +491,20 @@ def _write_adapter(merger: LoraMerger, folder: Path, rank: int, dtype, progress:
     tensors: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
     modules = []
+    prefix = merger.adapter_prefix()  # names as the adapters had them (bert.encoder...) for their classifier
     for target in _progress(merger.targets, progress, f"lora merge ({merger.method.name})"):
         delta = merger.merged_delta(target)
         kinds = {a.modules[target].kind for a in merger.adapters if target in a.modules}
-        if not kinds:  # a full weight (modules_to_save head, bias): saved merged, in full
+        if not kinds:  # a full backbone weight (modules_to_save, bias): saved merged, in full
             base = merger.base.get(target).to(merger.device, torch.float32)
-            tensors[PEFT_PREFIX + target] = (base + delta.dense).to(dtype).cpu()
+            tensors[PEFT_PREFIX + prefix + target] = (base + delta.dense).to(dtype).cpu()
             continue
         if len(kinds) > 1:
             raise MergeError(f"the adapters adapt '{target}' in different ways ({', '.join(sorted(kinds))})")
         if any(target in a.full for a in merger.adapters):
             raise MergeError(f"'{target}' is LoRA-adapted in one adapter and saved in full in another")
         (kind,) = kinds
-        module = target[: -len(".weight")]
+        module = prefix + target[: -len(".weight")]
         b, a, errors[target] = compact_factors(delta, rank)
         if kind in TRANSPOSED_KINDS:  # delta W = (B_peft A_peft)^T
             b, a = a.mT, b.mT
