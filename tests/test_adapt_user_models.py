@@ -282,8 +282,12 @@ def test_clip_towers_adapt_with_zero_shot_heads_from_class_names(tmp_path):
         (tmp_path / f"{task}_images").mkdir()
         for i, image in enumerate(random_images(t, task)):
             image.save(tmp_path / f"{task}_images" / f"{i}.png")
+        for i, image in enumerate(random_images(t, task)):  # labelled split: sub-folders named by class
+            (tmp_path / f"{task}_eval" / ["red thing", "1", "other"][i % 3]).mkdir(parents=True, exist_ok=True)
+            image.save(tmp_path / f"{task}_eval" / ["red thing", "1", "other"][i % 3] / f"{i}.png")
         models.append({"path": task, "data": f"{task}_images", "classnames": ["red thing", "blue thing", "other"],
-                       "templates": ["a photo of a {}.", "a drawing of a {}."]})
+                       "templates": ["a photo of a {}.", "a drawing of a {}."],
+                       "eval": {"path": f"{task}_eval", "label": "folder"}})
     (tmp_path / "clip.yaml").write_text(yaml.safe_dump({"method": "mda_feature", "base_model": "base", "models": models,
                                                         "parameters": {"steps": 1, "batch_size": 2, "init_samples": 4}}))
     out = tmp_path / "out"
@@ -306,6 +310,11 @@ def test_clip_towers_adapt_with_zero_shot_heads_from_class_names(tmp_path):
         head = torch.nn.functional.normalize(text.view(3, 2, -1).mean(1), dim=-1)
         expected = merged.logit_scale.exp() * (image @ rotation.T) @ head.T
         torch.testing.assert_close(classifier(pixels), expected, atol=1e-4, rtol=1e-4)
+        # the reported merged accuracy is the exported classifier's on the labelled folder
+        truth = torch.tensor([i % 3 for i in range(len(images))])
+        accuracy = float((classifier(pixels).argmax(-1) == truth).float().mean())
+    info = json.loads((out / "adaptation.json").read_text())
+    assert info["accuracy"]["merged"]["shapes"] == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_image_classifiers_adapt_from_a_folder_of_images(tmp_path):

@@ -6,8 +6,8 @@ A data entry of an ``mdamerge adapt`` config names one of:
 * a JSON-lines (``.jsonl``/``.ndjson``) or CSV/TSV file: one example per row, the text in
   ``column`` (default: the only one of ``text``, ``sentence``, ``content``, ``review``,
   ``question`` present), or a sentence pair in ``columns: [first, second]``;
-* a folder of images (``.png``, ``.jpg``, ... anywhere below it; sub-folder names are not
-  read as labels);
+* a folder of images (``.png``, ``.jpg``, ... anywhere below it; sub-folder names are read
+  as labels only by an evaluation split with ``label: folder``);
 * a folder written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict`` with ``split``),
   with a text ``column``/``columns`` or an image column.
 
@@ -193,12 +193,17 @@ def _read_folder(spec: DataSpec, what: str) -> Examples:
     folder = spec.path
     if any((folder / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
         return _read_saved_dataset(spec, what)
-    if spec.columns or spec.label:
-        raise DataError(f"{what}: {folder} is a folder of images; 'column'/'label' apply to files and saved datasets")
+    if spec.columns or spec.label not in (None, "folder"):
+        raise DataError(f"{what}: {folder} is a folder of images: it has no columns; an evaluation split of images "
+                        "takes its labels from sub-folder names with 'label: folder'")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{what}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) and is no saved dataset")
-    return Examples("image", [_image_file(p) for p in files], str(folder))
+    labels = [p.parent.name for p in files] if spec.label == "folder" else None
+    if labels is not None and any(p.parent == folder for p in files):
+        raise DataError(f"{what}: {files[0]} lies directly in {folder}: with 'label: folder' every image is in a "
+                        "sub-folder named by its class (index or label name)")
+    return Examples("image", [_image_file(p) for p in files], str(folder), labels)
 
 
 def _image_file(path: Path) -> Callable[[], object]:
