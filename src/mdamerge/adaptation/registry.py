@@ -57,7 +57,7 @@ def _zoo_method(algorithm: Callable[..., AdaptiveResult], name: str, **fixed: An
         return solve(problem_from_zoo(zoo, tasks, max_unlabeled=max_unlabeled), device=device, seed=seed, **kw)
 
     run.__name__ = name
-    run.__doc__ = f"{algorithm.__name__}({', '.join(f'{k}={v!r}' for k, v in fixed.items())}) on a zoo."
+    run.__doc__ = f"{algorithm.__name__}({', '.join(f'{k}={v!r}' for k, v in fixed.items())})"
     run.options = sorted(accepted)
     run.on_problem = solve  # the same algorithm on any AdaptationProblem (e.g. the CLIP recipes')
     return run
