@@ -23,10 +23,13 @@ def parse_params(items) -> dict:
 def parse_weights(text: str | None):
     if text is None:
         return None
+    from ..config import finite_number
+
     try:
-        return [float(w) for w in text.split(",")]
+        weights = [float(w) for w in text.split(",")]
     except ValueError:
         raise ConfigError(f"--weights expects comma-separated numbers, got {text!r}") from None
+    return [finite_number(w, f"--weights entry {i + 1}") for i, w in enumerate(weights)]
 
 
 @click.command("lora")
@@ -52,9 +55,11 @@ def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, 
     OUT/merge_config.yaml replays the merge: `mdamerge merge OUT/merge_config.yaml --out DIR`.
     """
     from ..cli import set_threads
+    from .adapters import check_adapters
     from .merge import merge_lora
 
     set_threads(threads)
+    check_adapters(adapters)
 
     result = merge_lora(base, list(adapters), out_dir, method, output=output, rank=rank, weights=parse_weights(weights),
                         parameters=parse_params(params), dtype=dtype, device=device, seed=seed, overwrite=overwrite,
