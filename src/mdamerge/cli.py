@@ -139,13 +139,14 @@ def set_threads(threads: int | None) -> None:
     """``--threads N``: torch CPU threads for this command (default: the cores no other process keeps busy)."""
     if threads is not None and threads < 1:
         raise MergeError(f"--threads must be >= 1, got {threads}")
-    from .cpus import default_threads
-
-    threads = threads or default_threads()
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+        return
+    from .cpus import apply_default_threads
+
+    apply_default_threads()
 
 
 def _read_config_file(path: str):

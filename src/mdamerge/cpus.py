@@ -9,6 +9,7 @@ cores other processes use now keeps the total near the number of cores. Torch-fr
 from __future__ import annotations
 
 import os
+import sys
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # the user's own choice: left alone
 
@@ -42,3 +43,16 @@ def default_threads() -> int | None:
     if any(os.environ.get(name) for name in THREAD_ENV):
         return None
     return max(1, usable_cores() - busy_cores())
+
+
+def apply_default_threads() -> None:
+    """Use :func:`default_threads` threads: through ``OMP_NUM_THREADS`` while torch is not imported
+    yet (a config error must still come before torch loads), else ``torch.set_num_threads``."""
+    threads = default_threads()
+    if threads is None:
+        return
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        torch.set_num_threads(threads)

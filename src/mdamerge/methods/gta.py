@@ -45,11 +45,24 @@ def rescale_l1(tensor: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
-    """1 at the ``max(1, int(density n))`` largest magnitudes (ties broken by ``argsort``), else 0."""
-    k = max(1, int(density * tensor.numel()))
-    mask = torch.zeros(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
-    mask[torch.argsort(tensor.abs().reshape(-1).float(), descending=True)[:k]] = 1
-    return mask.reshape_as(tensor)
+    """1 at the ``max(1, int(density n))`` largest magnitudes, else 0; among equal magnitudes at the
+    threshold the first ones in memory order (a stable sort's choice).
+
+    ``kthvalue`` finds the threshold in O(n) where mergekit's full ``argsort`` takes O(n log n)
+    (most of a ``ties`` merge's time on 10M-entry tensors); the kept set is a stable descending
+    sort's first k.
+    """
+    n = tensor.numel()
+    k = max(1, int(density * n))
+    magnitudes = tensor.abs().reshape(-1).float()
+    if k >= n:
+        return torch.ones_like(tensor)
+    threshold = magnitudes.kthvalue(n - k + 1).values
+    keep = magnitudes > threshold
+    missing = k - int(keep.sum())
+    if missing > 0:
+        keep[torch.nonzero(magnitudes == threshold).reshape(-1)[:missing]] = True
+    return keep.to(tensor.dtype).reshape_as(tensor)
 
 
 def outlier_mask(tensor: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
