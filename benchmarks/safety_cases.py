@@ -677,7 +677,8 @@ for _label, _change in [("weight: x", {"weight": "x"}), ("parameters: [1, 2]", {
         command([*lora_toy(root), "--out", root / "first"])
         cfg = yaml.safe_load((root / "first" / "merge_config.yaml").read_text())
         if "weight" in _change:
-            cfg["models"][0] = {"path": cfg["models"][0], "weight": _change["weight"]}
+            first = cfg["models"][0]
+            cfg["models"][0] = {"path": first["path"] if isinstance(first, dict) else first, "weight": _change["weight"]}
         else:
             cfg.update(_change)
         (root / "replay.yaml").write_text(yaml.safe_dump(cfg))

@@ -34,6 +34,7 @@ from parity_mergekit import case_config  # noqa: E402  (the mergekit YAML both t
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {
+    "40M": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8},  # a smoke test
     "150M": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 14, "num_attention_heads": 12},
     "1B": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16},
 }
@@ -65,7 +66,8 @@ def build_models(root: Path, size: str, tasks: int) -> tuple[Path, list[Path], i
     """The base and ``tasks`` fine-tunes as bfloat16 Hugging Face folders; returns the parameter count."""
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=32000, tie_word_embeddings=False, torch_dtype="bfloat16", **SIZES[size])
+    cfg = LlamaConfig(vocab_size=32000, tie_word_embeddings=False, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"],
+                      **SIZES[size])
     shapes = llama_shapes(cfg)
     gen = torch.Generator().manual_seed(0)
     base = {n: (0.02 * torch.randn(s, generator=gen)).bfloat16() for n, s in shapes.items()}
