@@ -26,7 +26,7 @@ def _paths(values) -> list[Path]:
 @click.option("--zoo-root", default=None, type=click.Path(file_okay=False), hidden=True,
               help="The zoo folder itself (old name; use --cache).")
 @click.option("--backbone", default=None, metavar="NAME", help="Vision zoo backbone: small (default) or base (CACHE/zoo-base).")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores not busy now).")
 @click.option("--rank-fraction", type=float, default=None, help="k for principal angles as a fraction of min(m,n) (default 1/T).")
 @click.option("--max-layers", type=int, default=None, help="Analyse only the first N 2-D layers.")
 @click.option("--max-samples", type=int, default=2000, show_default=True, help="Test inputs per task for Delta_ETF.")

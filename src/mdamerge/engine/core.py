@@ -155,9 +155,6 @@ def make_plan(base: TensorSource, excluded: Callable[[str], bool], out_dtype: to
     return MergePlan(names=names, merged=merged, copied=copied, output_info=infos)
 
 
-NARROW_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-
-
 def all_finite(tensor: torch.Tensor) -> bool:
     """No NaN or Inf in ``tensor``: min/max propagate NaN and expose +-Inf, and ``aminmax`` is
     about 10x faster than ``isfinite(t).all()`` (which dominated cheap merges of bf16 checkpoints)."""
@@ -216,9 +213,11 @@ class MergeEngine:
         base = _checked(self._rows(self.base.get(name), name), name, self.base.label).to(self.device, torch.float32)
         deltas = []
         for model in self.models:
-            tensor = _checked(self._rows(model.get(name), name), name, model.label).to(self.device)
-            # bf16/fp16 - fp32 promotes to fp32 exactly in one pass, without a float32 copy of the tensor
-            deltas.append(tensor - base if tensor.dtype in NARROW_FLOATS else tensor.to(torch.float32) - base)
+            tensor = _checked(self._rows(model.get(name), name), name, model.label)
+            widened = tensor.to(self.device, torch.float32)
+            # subtracting in place into the float32 copy saves a tensor-sized allocation per model (the
+            # copy is ours unless the tensor was float32 already: a caller's state dict is never changed)
+            deltas.append(widened.sub_(base) if widened is not tensor else widened - base)
         return base, deltas
 
     def _rows(self, tensor: torch.Tensor, name: str) -> torch.Tensor:

@@ -47,7 +47,7 @@ def parse_weights(text: str | None):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores not busy now).")
 @interruptible("out_dir")
 def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, device, seed, overwrite, quiet, threads):
     """Merge PEFT LoRA ADAPTERS (folders) trained on BASE into a full model or a new adapter.

@@ -114,25 +114,40 @@ class GeneralizedTaskArithmetic(MergeMethod):
         densities, own_weights = per_model(p["density"], job.num_tasks), per_model(p["weight"], job.num_tasks)
         gammas = per_model(p["gamma"], job.num_tasks)
         weights = [w * pw for w, pw in zip(job.weights, own_weights)]
-        deltas = torch.empty((job.num_tasks, *job.base.shape), dtype=job.deltas[0].dtype, device=job.deltas[0].device)
-        for t, delta in enumerate(job.deltas):  # sparsified and weighted in place: one T x n buffer, no stack
-            torch.mul(sparsify(delta, densities[t], how, p["rescale"], stable_seed(job.seed, job.name, t), gammas[t]),
-                      weights[t], out=deltas[t])
-        if p["consensus"] != "none":
+        sparse = (sparsify(delta, densities[t], how, p["rescale"], stable_seed(job.seed, job.name, t), gammas[t])
+                  for t, delta in enumerate(job.deltas))
+        if p["consensus"] == "none":
+            mixed = weighted_sum(sparse, weights)
+            if p["normalize"]:
+                total = float(torch.tensor(weights, dtype=mixed.dtype).sum())  # summed in float32, as mergekit does
+                mixed /= 1.0 if abs(total) < 1e-8 else total
+        else:
+            deltas = torch.empty((job.num_tasks, *job.base.shape), dtype=job.deltas[0].dtype, device=job.deltas[0].device)
+            for t, tau in enumerate(sparse):  # weighted into one T x n buffer: the election needs all tasks at once
+                torch.mul(tau, weights[t], out=deltas[t])
             agree = agreeing(deltas, p["consensus"])
             mixed = deltas.masked_fill_(~agree, 0).sum(dim=0)
             if p["normalize"]:
                 divisor = surviving_weight(agree, weights)
                 divisor[divisor == 0] = 1
                 mixed /= divisor
-        else:
-            mixed = deltas.sum(dim=0)
-            if p["normalize"]:
-                total = float(torch.tensor(weights, dtype=mixed.dtype).sum())  # summed in float32, as mergekit does
-                mixed /= 1.0 if abs(total) < 1e-8 else total
         if p["scaling"] != 1:
             mixed *= p["scaling"]
         return mixed
+
+
+def weighted_sum(taus, weights: list[float]) -> torch.Tensor:
+    """``sum_t w_t tau_t`` with two tensors of memory instead of T (no stack to allocate and fill): each
+    product, then added in task order -- the bits of ``(w * stacked).sum(0)`` up to T = 3; for more
+    tasks torch's reduction pairs the terms differently (last-bit differences, as between builds)."""
+    mixed = scratch = None
+    for tau, weight in zip(taus, weights):
+        if mixed is None:
+            mixed = tau * weight
+            scratch = torch.empty_like(mixed)
+        else:
+            mixed += torch.mul(tau, weight, out=scratch)
+    return mixed
 
 
 def surviving_weight(agree: torch.Tensor, weights: list[float]) -> torch.Tensor:
