@@ -11,6 +11,7 @@ check.
 
     python benchmarks/safety_cases.py            # all cases, ~2 min on 2 busy cores
     python benchmarks/safety_cases.py -k symlink # cases whose name contains 'symlink'
+    python benchmarks/safety_cases.py -k "#20"   # the cases of issue 20 (the second round)
 
 Disk-full and read-only cases mount small tmpfs file systems when run as root with
 CAP_SYS_ADMIN; otherwise they inject the same OSError into the writer (said in the table).
@@ -36,7 +37,7 @@ from safetensors.torch import save_file
 # The input-tree hash is the tests' own (tests/safety_util.py), so both check "nothing changed" alike.
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from safety_util import tree  # noqa: E402
+from safety_util import remove_deep_tree, tree  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
 SMALL = {"embed.weight": (64, 32), "layers.0.attn.weight": (32, 32), "layers.0.mlp.weight": (64, 32),
@@ -623,6 +624,210 @@ def _(root):
     (root / "afile").write_text("x")
     return command_refused(root, ["analyze", "--base", t["base"], "--models", ",".join(map(str, t["fts"])),
                                   "--out", root / "afile" / "out"])
+
+
+# Issue 20: bad inputs outside merge's main path (lora, analyze, replayed configs, special files)
+def lora_with_config(root: Path, **changes) -> list:
+    """``lora_toy`` with ``changes`` written into the second adapter's adapter_config.json."""
+    argv = lora_toy(root)
+    cfg_file = argv[3] / "adapter_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **changes}))
+    return argv
+
+
+for _label, _changes in [("lora_alpha: \"sixteen\"", {"lora_alpha": "sixteen"}), ("lora_alpha: null", {"lora_alpha": None}),
+                         ("bad alpha_pattern regex", {"alpha_pattern": {"(attn": 4}}), ("r: 0", {"r": 0}),
+                         ("r: -4", {"r": -4}), ("r: 10**30", {"r": 10**30}),
+                         ("target_modules not matching the factors", {"target_modules": ["mlp"]}),
+                         ("adapters of different base_model_name_or_path", {"base_model_name_or_path": "org/other-model"})]:
+    @case(f"[#20] lora, adapter_config.json {_label}")
+    def _(root, _changes=_changes):
+        argv = lora_with_config(root, **_changes)
+        if "base_model_name_or_path" in _changes:  # the first adapter names its base too
+            first = argv[2] / "adapter_config.json"
+            first.write_text(json.dumps({**json.loads(first.read_text()), "base_model_name_or_path": "org/model"}))
+        return command_refused(root, [*argv, "--out", root / "out"])
+
+
+for _label, _content in [("a JSON list", b"[1, 2]"), ("not UTF-8", b'{"r": \xff}')]:
+    @case(f"[#20] lora, adapter_config.json is {_label}")
+    def _(root, _content=_content):
+        argv = lora_toy(root)
+        (argv[3] / "adapter_config.json").write_bytes(_content)
+        return command_refused(root, [*argv, "--out", root / "out"])
+
+
+@case("[#20] lora, rank-0 lora_A/lora_B")
+def _(root):
+    argv = lora_with_config(root, r=None)
+    save_file({"base_model.model.layers.0.attn.lora_A.weight": torch.zeros(0, 32),
+               "base_model.model.layers.0.attn.lora_B.weight": torch.zeros(32, 0)}, str(argv[3] / "adapter_model.safetensors"))
+    return command_refused(root, [*argv, "--out", root / "out"])
+
+
+@case("[#20] lora --weights nan,1")
+def _(root):
+    return command_refused(root, [*lora_toy(root), "--weights", "nan,1", "--out", root / "out"])
+
+
+for _label, _change in [("weight: x", {"weight": "x"}), ("parameters: [1, 2]", {"parameters": [1, 2]}),
+                        ("seed: banana", {"seed": "banana"})]:
+    @case(f"[#20] replayed lora merge_config with {_label}")
+    def _(root, _change=_change):
+        command([*lora_toy(root), "--out", root / "first"])
+        cfg = yaml.safe_load((root / "first" / "merge_config.yaml").read_text())
+        if "weight" in _change:
+            first = cfg["models"][0]
+            cfg["models"][0] = {"path": first["path"] if isinstance(first, dict) else first, "weight": _change["weight"]}
+        else:
+            cfg.update(_change)
+        (root / "replay.yaml").write_text(yaml.safe_dump(cfg))
+        return command_refused(root, ["merge", root / "replay.yaml", "--out", root / "again"])
+
+
+def devnull_base_argv(root: Path, command_name: str) -> list:
+    """``mdamerge COMMAND`` arguments with /dev/null as the base (a character device)."""
+    if command_name == "lora":
+        return ["lora", "/dev/null", *lora_toy(root)[2:], "--out", root / "out"]
+    t = toy(root)
+    if command_name == "merge":
+        return ["merge", config(t, base_model="/dev/null"), "--out", root / "out"]
+    return ["analyze", "--base", "/dev/null", "--models", ",".join(map(str, t["fts"])), "--out", root / "out"]
+
+
+for _command in ("merge", "lora", "analyze"):
+    @case(f"[#20] /dev/null as the base ({_command})")
+    def _(root, _command=_command):
+        return command_refused(root, devnull_base_argv(root, _command))
+
+
+for _name in ("model.safetensors", "model.safetensors.index.json"):
+    @case(f"[#20] {_name} of a fine-tune is a FIFO")
+    def _(root, _name=_name):
+        t = toy(root)
+        (t["fts"][0] / _name).unlink(missing_ok=True)
+        os.mkfifo(t["fts"][0] / _name)
+        return refused(root, config(t), "--out", root / "out")
+
+
+@case("[#20] config.json of the base and a fine-tune are FIFOs (skipped)")
+def _(root):
+    t = toy(root)
+    for folder in (t["base"], t["fts"][0]):
+        (folder / "config.json").unlink()
+        os.mkfifo(folder / "config.json")
+    out = root / "out"
+    return succeeds(root, out, config(t), "--out", out, check=lambda: not (out / "config.json").exists())
+
+
+@case("[#20] index entry with a NUL byte")
+def _(root):
+    return index_case(root, {"head.weight": "model-00001\u0000.safetensors"})
+
+
+for _label, _params in [("a list", [1, 2]), ("a string", "scaling")]:
+    @case(f"[#20] parameters: as {_label}")
+    def _(root, _params=_params):
+        t = toy(root)
+        return refused(root, config(t, parameters=_params), "--out", root / "out")
+
+    @case(f"[#20] mergekit parameters: as {_label}")
+    def _(root, _params=_params):
+        t = toy(root)
+        cfg = {"merge_method": "linear", "base_model": str(t["base"]), "parameters": _params,
+               "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in t["fts"]]}
+        return refused(root, config(t, text=yaml.safe_dump(cfg)), "--out", root / "out")
+
+
+@case("[#20] mergekit linear with weights 1 and -1")
+def _(root):
+    t = toy(root)
+    cfg = {"merge_method": "linear", "base_model": str(t["base"]),
+           "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(t["fts"], (1.0, -1.0))]}
+    return refused(root, config(t, text=yaml.safe_dump(cfg)), "--out", root / "out")
+
+
+for _label, _text in [("a 400-digit weight", "weight: " + "9" * 400), ("density: .nan", "parameters: {density: .nan}")]:
+    @case(f"[#20] {_label}")
+    def _(root, _text=_text):
+        t = toy(root)
+        text = (f"method: ties\nbase_model: {t['base']}\nmodels:\n  - path: {t['fts'][0]}\n    {_text}\n"
+                f"  - {t['fts'][1]}\n")
+        return refused(root, config(t, text=text), "--out", root / "out")
+
+
+@case("[#20] rank_fraction: .nan")
+def _(root):
+    t = toy(root)
+    return refused(root, config(t, text=f"method: tsv\nbase_model: {t['base']}\nmodels: [{t['fts'][0]}, {t['fts'][1]}]\n"
+                                         "parameters: {rank_fraction: .nan}\n"), "--out", root / "out")
+
+
+@case("[#20] base folder with 1100 nested subfolders (not copied)")
+def _(root):
+    t = toy(root)
+    deep = t["base"] / "docs"
+    deep.mkdir()
+    for _ in range(1100):
+        deep = deep / "d"
+        deep.mkdir()
+    out = root / "out"
+    try:
+        return succeeds(root, out, config(t), "--out", out, check=lambda: (out / "model.safetensors").exists())
+    finally:
+        remove_deep_tree(t["base"] / "docs")  # TemporaryDirectory's rmtree recurses once per level
+
+
+def analyze_case(root: Path, *flags, merged: dict | None = None, shapes: dict = SMALL) -> dict:
+    t = toy(root, shapes=shapes)
+    argv = ["analyze", "--base", t["base"], "--models", ",".join(map(str, t["fts"])), *flags, "--out", root / "out"]
+    if merged is not None:
+        argv += ["--merged", write_model(root / "merged", {**state(shapes, 0), **merged})]
+    return command_refused(root, argv)
+
+
+@case("[#20] analyze --max-layers -3")
+def _(root):
+    return analyze_case(root, "--max-layers", "-3")
+
+
+@case("[#20] analyze --device banana")
+def _(root):
+    return analyze_case(root, "--device", "banana")
+
+
+@case("[#20] analyze, merged tensor of another shape")
+def _(root):
+    return analyze_case(root, merged={"layers.0.mlp.weight": torch.zeros(32, 64)})
+
+
+@case("[#20] analyze, merged tensor broadcast from [1, 32]")
+def _(root):
+    return analyze_case(root, merged={"embed.weight": torch.zeros(1, 32)})
+
+
+@case("[#20] analyze, merged int32 tensor")
+def _(root):
+    return analyze_case(root, merged={"embed.weight": torch.zeros(64, 32, dtype=torch.int32)})
+
+
+@case("[#20] analyze, a 0 x 64 tensor (skipped; metrics.json strict JSON)")
+def _(root):
+    t = toy(root, shapes={**SMALL, "empty.weight": (0, 64)})
+    out = root / "out"
+    before = tree(root, skip=out)
+    code, err, stdout = command(["analyze", "--base", t["base"], "--models", ",".join(map(str, t["fts"])), "--out", out])
+    strict = code == 0 and json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: 1 / 0) is not None
+    return {"exit": code, "err": err[-1:] or [stdout], "unchanged": tree(root, skip=out) == before, "check": strict}
+
+
+@case("[#20] --out a/b/out with missing parents, merge fails (NaN)")
+def _(root):
+    t = toy(root)
+    bad = state(SMALL, 1, state(SMALL, 0))
+    bad["head.weight"][0, 0] = float("nan")
+    save_file(bad, str(t["fts"][1] / "model.safetensors"))
+    return refused(root, config(t), "--out", root / "a" / "b" / "out", check=lambda: not (root / "a").exists())
 
 
 def main() -> None:

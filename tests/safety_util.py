@@ -37,13 +37,12 @@ def one_error(result) -> str:
 def tree(root: Path, skip: Path | None = None) -> dict[str, str]:
     """Every file (content hash), link (target) and folder under ``root``, except ``skip``."""
     out = {}
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        here = Path(folder)
+    pending = [Path(root)]  # a stack, not os.walk: Python 3.11's os.walk recurses (1100 nested folders)
+    while pending:
+        here = pending.pop()
         if skip is not None and here == skip:
-            dirs[:] = []
             continue
-        for name in dirs + files:
-            path = here / name
+        for path in sorted(here.iterdir()):
             if path == skip:
                 continue
             rel = str(path.relative_to(root))
@@ -51,11 +50,26 @@ def tree(root: Path, skip: Path | None = None) -> dict[str, str]:
                 out[rel] = "link:" + os.readlink(path)
             elif path.is_dir():
                 out[rel] = "dir"
+                pending.append(path)
             elif path.is_file():
                 out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
             else:
                 out[rel] = "special"
     return out
+
+
+def remove_deep_tree(top: Path) -> None:
+    """Remove a folder tree without recursion: ``shutil.rmtree`` (and pytest's clean-up of old
+    tmp folders) recurse once per level and fail on 1100 nested folders."""
+    folders, pending = [], [Path(top)]
+    while pending:
+        folder = pending.pop()
+        folders.append(folder)
+        pending.extend(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    for folder in reversed(folders):
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
 
 
 @pytest.fixture

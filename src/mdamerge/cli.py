@@ -84,7 +84,7 @@ def main() -> None:
 @click.option("--prefix", default=None, metavar="auto|none|PREFIX",
               help="Fine-tunes saved under a prefix (bert., model., ...): detect (auto, the default), none, or give it; "
                    "task heads are saved to OUT/heads/, a loadable classifier per task to OUT/tasks/.")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores not busy now).")
 def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_address, prefix, threads):
     """Merge the models that CONFIG (YAML) names into a Hugging Face folder.
 
@@ -145,13 +145,17 @@ ADAPTIVE_HINTS = ("adamerging", "adamerging_task", "adamerging_layer", "mda_feat
 
 
 def set_threads(threads: int | None) -> None:
-    """``--threads N``: torch CPU threads for this command (default: leave torch's choice)."""
+    """``--threads N``: torch CPU threads for this command (default: the cores no other process keeps busy)."""
+    if threads is not None and threads < 1:
+        raise MergeError(f"--threads must be >= 1, got {threads}")
     if threads is not None:
-        if threads < 1:
-            raise MergeError(f"--threads must be >= 1, got {threads}")
         import torch
 
         torch.set_num_threads(threads)
+        return
+    from .cpus import apply_default_threads
+
+    apply_default_threads()
 
 
 def _read_config_file(path: str):

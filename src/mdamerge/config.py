@@ -103,8 +103,7 @@ class MergeConfig:
         parse_dtype(self.dtype)
         if len(self.models) < 2:
             raise ConfigError(f"merging needs at least 2 fine-tuned models, got {len(self.models)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an integer, got {short_repr(self.seed)}")
+        check_seed(self.seed)
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ConfigError(f"workers must be a positive integer, got {short_repr(self.workers)}")
         check_device_name(self.device)
@@ -209,6 +208,10 @@ def check_value_types(data: dict[str, Any]) -> None:
         value = data.get(key)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"'{key}' must be a string, got {type(value).__name__} {short_repr(value)}")
+    parameters = data.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ConfigError(f"'parameters' must be a mapping of method parameters (name: value), got "
+                          f"{type(parameters).__name__} {short_repr(parameters)}")
     exclude = data.get("exclude")
     if exclude is not None and not isinstance(exclude, (str, list)):
         raise ConfigError(f"'exclude' must be a pattern or a list of patterns, got {type(exclude).__name__}")
@@ -216,6 +219,13 @@ def check_value_types(data: dict[str, Any]) -> None:
     for i, entry in enumerate(data["models"] if isinstance(data.get("models"), list) else []):
         if isinstance(entry, dict) and "path" in entry and not isinstance(entry["path"], str):
             raise ConfigError(f"models[{i}].path must be a string, got {type(entry['path']).__name__} {short_repr(entry['path'])}")
+
+
+def check_seed(seed: Any) -> int:
+    """A seed must be an integer (``seed: banana`` is a typo, not a seed)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {short_repr(seed)}")
+    return seed
 
 
 def check_patterns(patterns: list[Any]) -> list[str]:
@@ -270,13 +280,24 @@ def _model_spec(entry: Any, index: int, root: Path | None) -> ModelSpec:
     for key in entry:
         if key not in MODEL_KEYS:
             raise ConfigError(f"unknown key '{key}' in models[{index}]" + closest_hint(str(key), MODEL_KEYS))
-    weight = entry.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ConfigError(f"models[{index}].weight must be a number, got {short_repr(weight)}")
+    weight = finite_number(entry.get("weight", 1.0), f"models[{index}].weight")
     params = entry.get("parameters") or {}
     if not isinstance(params, dict):
         raise ConfigError(f"models[{index}].parameters must be a mapping, got {short_repr(params)}")
-    return ModelSpec(_resolve_path(str(entry["path"]), root), float(weight), dict(params))
+    return ModelSpec(_resolve_path(str(entry["path"]), root), weight, dict(params))
+
+
+def finite_number(value: Any, what: str) -> float:
+    """``value`` as a finite float, or a one-line error naming ``what`` (a string, NaN, a 400-digit integer)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {short_repr(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(f"{what} must be a finite number, got an integer of {value.bit_length()} bits") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} must be a finite number, got {value}")
+    return number
 
 
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")

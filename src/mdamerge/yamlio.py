@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, short_repr
+from .safefiles import read_text_file
 
 
 def read_yaml_file(path: str | Path) -> Any:
@@ -16,18 +17,15 @@ def read_yaml_file(path: str | Path) -> Any:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config {path} is a folder, not a YAML file")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    text = read_text_file(path, "config", ConfigError)  # a FIFO or a device is refused, not read
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except RecursionError:
         raise ConfigError(f"config {path} is nested too deeply") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
     check_expanded_size(data, str(path))
     return data
 

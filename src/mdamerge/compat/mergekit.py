@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, closest_hint
+from ..errors import ConfigError, closest_hint, short_repr
 
 # mergekit method -> our gta parameters (mergekit 0.1.5, merge_methods/registry.py defaults)
 METHODS: dict[str, dict[str, Any]] = {
@@ -137,6 +137,17 @@ def _model_entries(data: dict, method: str, root: Path | None, problems: list[st
     return merged, base_entries
 
 
+def _zero_total_weight(weights: list[Any]) -> list[str]:
+    """linear divides by the sum of the weights: plain weights summing to 0 make it undefined
+    (mergekit divides by zero; mdamerge's ``average`` refuses the same)."""
+    if len(weights) < 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        return []  # filtered or per-layer weights: checked per tensor by the merge
+    if sum(weights) != 0:
+        return []
+    return [f"the weights {', '.join(map(str, weights))} sum to 0, so normalize: true divides by zero; nearest: "
+            "task_arithmetic with a base_model (no normalisation), or weights with a non-zero sum"]
+
+
 def translate(data: dict[str, Any], root: Path | None = None) -> tuple[dict[str, Any], list[str]]:
     """Our config mapping for mergekit config ``data``, and notes on what the translation assumed.
 
@@ -174,7 +185,11 @@ def translate(data: dict[str, Any], root: Path | None = None) -> tuple[dict[str,
             base = merged[0]["path"]  # any of the models: a normalised mean does not depend on it
             notes.append("linear without base_model: the first model serves as the reference (same result)")
     parameters: dict[str, Any] = {}
-    for name, value in (data.get("parameters") or {}).items():
+    top = data.get("parameters") or {}
+    if not isinstance(top, dict):
+        problems.append(f"parameters: must be a mapping (name: value), got {type(top).__name__} {short_repr(top)}")
+        top = {}
+    for name, value in top.items():
         if name in SHARED[method]:
             if isinstance(value, (list, dict)):
                 problems.append(f"parameters.{name}: one value for the whole merge here (filters and gradients are "
@@ -197,15 +212,19 @@ def translate(data: dict[str, Any], root: Path | None = None) -> tuple[dict[str,
                 problems.append(f"model '{entry['path']}' has no weight (mergekit requires one); nearest: "
                                 "parameters: {weight: 1.0} on the model or at the top level")
     normalize = parameters.get("normalize", METHODS[method]["normalize"])
+    weights = [e["parameters"].get("weight", parameters.get("weight")) for e in merged]
     if method == "linear" and normalize is False:
-        weights = [e["parameters"].get("weight", parameters.get("weight")) for e in merged]
         if not all(isinstance(w, (int, float)) for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
             problems.append("linear with normalize: false and weights that do not sum to 1 (sum_t w_t theta_t is not a "
                             "merge of task vectors); nearest: normalize: true, or task_arithmetic with a base_model")
+    elif method == "linear":  # ties & co. normalise per entry over the kept signs, and guard a zero sum as mergekit does
+        problems.extend(_zero_total_weight(weights))
     if len(merged) < 2 and not problems:
         problems.append(f"{len(merged)} model(s) to merge besides the base; mdamerge merges at least 2")
     if problems:
-        raise ConfigError(f"mergekit config: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+        # one line, as every error (numbered, so a list of several stays readable)
+        raise ConfigError(f"mergekit config: {len(problems)} problem(s): "
+                          + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
     out: dict[str, Any] = {
         "method": "gta",
         "base_model": str(base),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import MergeError
-from ..methods.linalg import canonical_signs, polar_factor, rebuild, top_k_svd
+from ..methods.linalg import canonical_signs, polar_factor, rebuild, thin_svd, top_k_svd
 from ..methods.mda import alignment_operator
 
 STAGES = ("before", "tsv", "mda")
@@ -55,7 +55,7 @@ def task_blocks(u: torch.Tensor, num_tasks: int, k: int) -> list[torch.Tensor]:
 
 def orthonormal_basis(a: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of the column space of ``a`` (rank-revealing, via the SVD)."""
-    p, s, _ = torch.linalg.svd(a.double(), full_matrices=False)
+    p, s, _ = thin_svd(a.double())
     rank = int((s > s[0] * 1e-10).sum()) if len(s) and s[0] > 0 else 0
     return p[:, :rank]
 
@@ -147,7 +147,7 @@ def task_triplets(deltas: list[torch.Tensor], k: int) -> list[tuple[torch.Tensor
     """Top-k ``(U, S, Vh)`` of each task vector from a dense float64 SVD, with the signs LAPACK returned."""
     out = []
     for d in deltas:
-        u, s, vh = torch.linalg.svd(d.double(), full_matrices=False)
+        u, s, vh = thin_svd(d.double())
         out.append((u[:, :k], s[:k], vh[:k]))
     return out
 

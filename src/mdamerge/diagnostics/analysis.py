@@ -20,7 +20,7 @@ from .alignment_angles import STAGES, alignment_angles, summarize
 from .cka import block_names, cka_by_layer, layer_features
 from .etf import class_means, delta_etf, extract_features, prototype_misalignment
 from .report import Report
-from .task_vectors import TaskVectorReport, analyze_task_vectors
+from .task_vectors import TaskVectorReport, analyze_task_vectors, naming_tensor
 
 
 @dataclass
@@ -162,13 +162,14 @@ def layer_alignment_angles(base: Checkpoint, models: Sequence[Checkpoint], rank_
     out = []
     for name in base.keys():
         w0 = base.get(name)
-        if w0.ndim != 2 or not w0.is_floating_point():
+        if w0.ndim != 2 or not w0.is_floating_point() or w0.numel() == 0:  # a 0 x 64 tensor has no directions
             continue
         if max_layers is not None and len(out) >= max_layers:
             break
         deltas = [m.get(name).double() - w0.double() for m in models]
         k = default_k(tuple(w0.shape), len(models), rank_fraction)
-        stages = alignment_angles(deltas, k)
+        with naming_tensor(name):
+            stages = alignment_angles(deltas, k)
         out.append({"name": name, "k": k, **{
             stage: {"subspace": summarize(stages[stage].all_subspace()),
                     "directions": summarize(stages[stage].directions),
@@ -316,6 +317,37 @@ def _cka_section(report: Report, rows: list[CkaRow], folder: Path) -> None:
     report.table(["model", *layers], [[m, *[v[l] for l in layers]] for m, v in means.items()])
 
 
+def check_like_base(base: Checkpoint, label: str, ckpt) -> None:
+    """Every floating-point tensor of the base must be in ``ckpt`` with the same shape, as floating point:
+    a merged tensor of another shape (even one that broadcasts, such as [1, 64]) or an int32 copy
+    is not a task vector of this base. Integer buffers (position_ids, ...) are not task-vector
+    material; merge ignores them too."""
+    for name in base.keys():
+        info = base.info(name)
+        if not info.dtype.is_floating_point:
+            continue
+        if name not in ckpt:
+            raise MergeError(f"model '{label}' ({ckpt.path}) lacks tensor '{name}' of the base")
+        other = ckpt.info(name)
+        if tuple(other.shape) != tuple(info.shape):
+            raise MergeError(f"model '{label}' ({ckpt.path}): tensor '{name}' has shape {list(other.shape)}, "
+                             f"the base has {list(info.shape)}")
+        if not other.dtype.is_floating_point:
+            raise MergeError(f"model '{label}' ({ckpt.path}): tensor '{name}' is {str(other.dtype).replace('torch.', '')}, "
+                             f"the base's is {str(info.dtype).replace('torch.', '')} (not a fine-tune of this base)")
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``null``: ``json.dumps`` would write bare ``NaN``, which is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrite: bool = False,
                  progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Compute every diagnostic and write the report folder atomically; returns the metrics."""
@@ -334,11 +366,10 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
         progress(notice)
     models = plan.models
     merged = align_prefixes(base, [Checkpoint(p) for p in inputs.merged], "auto").models
+    if not any(base.info(n).dtype.is_floating_point and math.prod(base.info(n).shape) for n in base.keys()):
+        raise MergeError(f"the base {inputs.base} has no floating-point tensors to analyse")
     for label, ckpt in zip([*labels, *unique_labels(inputs.merged)], [*models, *merged]):
-        # integer buffers (position_ids, ...) are not task-vector material; merge ignores them too
-        missing = [n for n in base.keys() if n not in ckpt and base.info(n).dtype.is_floating_point]
-        if missing:
-            raise MergeError(f"model '{label}' ({ckpt.path}) lacks tensor '{missing[0]}' of the base")
+        check_like_base(base, label, ckpt)
     progress("task-vector geometry")
     tv = analyze_task_vectors(base.get, [m.get for m in models], base.keys(), labels, inputs.rank_fraction, inputs.max_layers)
     alignment = merged_alignment(base, merged, models) if merged else None
@@ -349,7 +380,7 @@ def run_analysis(inputs: AnalysisInputs, out_dir: str | Path, zoo=None, overwrit
     with OutputFolder(out_dir, overwrite=overwrite) as tmp:
         report, metrics = build_report(inputs, tv, alignment, etf_rows, tmp, angle_layers, cka)
         report.write(tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(finite_json(metrics), indent=1, allow_nan=False) + "\n")
     return metrics
 
 

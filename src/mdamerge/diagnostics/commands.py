@@ -26,7 +26,7 @@ def _paths(values) -> list[Path]:
 @click.option("--zoo-root", default=None, type=click.Path(file_okay=False), hidden=True,
               help="The zoo folder itself (old name; use --cache).")
 @click.option("--backbone", default=None, metavar="NAME", help="Vision zoo backbone: small (default) or base (CACHE/zoo-base).")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores not busy now).")
 @click.option("--rank-fraction", type=float, default=None, help="k for principal angles as a fraction of min(m,n) (default 1/T).")
 @click.option("--max-layers", type=int, default=None, help="Analyse only the first N 2-D layers.")
 @click.option("--max-samples", type=int, default=2000, show_default=True, help="Test inputs per task for Delta_ETF.")
@@ -38,6 +38,7 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, t
             max_samples, device, out_dir, overwrite):
     """Directional diagnostics: task-vector cosines, principal angles, spectra and Delta_ETF, as an HTML/Markdown report."""
     from ..cli import set_threads
+    from ..engine.core import resolve_device
     from .analysis import AnalysisInputs, run_analysis
 
     set_threads(threads)
@@ -48,6 +49,10 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, t
         raise MergeError("give either --suite or --tasks, not both")
     if rank_fraction is not None and not 0 < rank_fraction <= 1:
         raise MergeError(f"--rank-fraction must be in (0, 1], got {rank_fraction}")
+    for flag, value in (("--max-layers", max_layers), ("--max-samples", max_samples)):
+        if value is not None and value < 1:
+            raise MergeError(f"{flag} must be >= 1, got {value}")
+    resolve_device(device)  # --device banana or an absent cuda: one line before any work
     tasks, zoo = None, None
     if suite or task_list:
         from ..adaptation.registry import resolve_tasks

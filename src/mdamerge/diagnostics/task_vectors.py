@@ -16,12 +16,14 @@ one layer of all models only.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from ..errors import CheckpointError, MergeError
+from ..methods.linalg import thin_svd
 
 TensorReader = Callable[[str], torch.Tensor]
 
@@ -84,7 +86,7 @@ def cosine_matrix(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def left_subspace(delta: torch.Tensor, k: int) -> torch.Tensor:
     """Orthonormal basis (m x k) of the top-k left singular subspace of ``delta``."""
-    u, _, _ = torch.linalg.svd(delta.double(), full_matrices=False)
+    u, _, _ = thin_svd(delta.double())
     return u[:, :k]
 
 
@@ -106,7 +108,7 @@ def layer_stats(name: str, deltas: Sequence[torch.Tensor], k: int) -> LayerStats
     """All statistics of one 2-D tensor from its task vectors."""
     spectra, bases = [], []
     for d in deltas:
-        u, s, _ = torch.linalg.svd(d.double(), full_matrices=False)
+        u, s, _ = thin_svd(d.double())
         spectra.append(s.float())
         bases.append(u[:, :k])
     # A zero task vector (a tensor the fine-tuning left untouched) has no singular directions:
@@ -144,7 +146,7 @@ def analyze_task_vectors(
     gram = torch.zeros(t, t, dtype=torch.float64)
     for name in names:
         w0 = base(name)
-        if not w0.is_floating_point():
+        if not w0.is_floating_point() or w0.numel() == 0:  # a 0 x 64 tensor has no task vector
             continue
         deltas = []
         for label, read in zip(labels, models):
@@ -158,11 +160,21 @@ def analyze_task_vectors(
         gram += flat @ flat.T
         if w0.ndim == 2 and (max_layers is None or len(report.layers) < max_layers):
             k = default_k(tuple(w0.shape), t, rank_fraction)
-            report.layers.append(layer_stats(name, deltas, k))
+            with naming_tensor(name):
+                report.layers.append(layer_stats(name, deltas, k))
     norms = gram.diag().sqrt()
     denom = torch.outer(norms, norms)
     report.global_cosine = torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram)).float()
     return report
+
+
+@contextlib.contextmanager
+def naming_tensor(name: str):
+    """A decomposition that fails (LAPACK did not converge) becomes one line naming the tensor."""
+    try:
+        yield
+    except torch.linalg.LinAlgError as exc:
+        raise MergeError(f"tensor '{name}': {str(exc).splitlines()[0]}") from None
 
 
 def readers_from_state_dicts(states: Sequence[Mapping[str, torch.Tensor]]) -> list[TensorReader]:

@@ -214,7 +214,10 @@ class MergeEngine:
         deltas = []
         for model in self.models:
             tensor = _checked(self._rows(model.get(name), name), name, model.label)
-            deltas.append(tensor.to(self.device, torch.float32) - base)
+            widened = tensor.to(self.device, torch.float32)
+            # subtracting in place into the float32 copy saves a tensor-sized allocation per model (the
+            # copy is ours unless the tensor was float32 already: a caller's state dict is never changed)
+            deltas.append(widened.sub_(base) if widened is not tensor else widened - base)
         return base, deltas
 
     def _rows(self, tensor: torch.Tensor, name: str) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..io.checkpoint import Checkpoint, TensorInfo, allowed_roots, is_inside
+from ..safefiles import read_text_file
 
 
 class TensorSource(Protocol):
@@ -49,8 +50,8 @@ def config_vocab_size(config_file: Path) -> int | None:
     try:
         if not is_inside(config_file.resolve(strict=True), allowed_roots(config_file.parent)):
             return None  # a link out of the model folder: not read
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, RuntimeError, UnicodeDecodeError, ValueError):
+        config = json.loads(read_text_file(config_file, "config"))  # a FIFO is refused, never opened
+    except (OSError, RuntimeError, ValueError):  # MergeError is a ValueError
         return None
     if not isinstance(config, dict):
         return None

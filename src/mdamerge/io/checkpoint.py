@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import CheckpointError, short_repr
+from ..safefiles import check_regular_file, read_text_file
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -179,7 +180,8 @@ def _weight_files(path: Path) -> list[Path]:
     cache snapshot may also point into its ``blobs``): an index or a link must not make
     mdamerge read, and merge, a file the user did not name.
     """
-    if path.is_file():
+    if not path.is_dir():
+        check_regular_file(path, "checkpoint", CheckpointError)  # /dev/null, a FIFO: refused, never opened
         if path.suffix == ".safetensors" or path.suffix in TORCH_SUFFIXES:
             return [path]
         raise CheckpointError(f"unsupported checkpoint file {path} (expected .safetensors, .bin or .pt)")
@@ -194,13 +196,15 @@ def _weight_files(path: Path) -> list[Path]:
         raise CheckpointError(f"no weights found in {path} (expected *.safetensors, *.bin or *.pt)")
     for file in files:
         _check_inside(file, path, f"weight file {file.name}")
+        check_regular_file(file, "weight file", CheckpointError)
     return files
 
 
 def _files_from_index(index: Path) -> list[Path]:
+    text = read_text_file(index, "index", CheckpointError)
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"malformed index {index}: {exc}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
@@ -210,13 +214,14 @@ def _files_from_index(index: Path) -> list[Path]:
         )
     files: dict[str, Path] = {}
     for tensor, name in weight_map.items():
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name or "\x00" in name:
             raise CheckpointError(f"malformed index {index}: entry '{tensor}' must name a shard file, got {short_repr(name)}")
         if name not in files:
             file = index.parent / name
             _check_inside(file, index.parent, f"{index.name} entry '{tensor}' -> '{name}'")
-            if not file.is_file():
+            if not file.exists():
                 raise CheckpointError(f"shard {file} listed in {index.name} is missing")
+            check_regular_file(file, f"shard listed in {index.name}", CheckpointError)
             files[name] = file
     return list(files.values())
 

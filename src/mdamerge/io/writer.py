@@ -149,6 +149,9 @@ def _is_skipped_name(rel: Path) -> bool:
     return rel.suffix in WEIGHT_SUFFIXES or rel.name.endswith(".index.json") or rel.as_posix() == "README.md"
 
 
+MAX_COPY_DEPTH = 32  # folder levels of a base model whose files are copied
+
+
 def plan_non_weight_files(src: Path) -> list[tuple[str, Path]]:
     """``(relative name, file to read)`` for every non-weight file of a base folder worth copying.
 
@@ -167,11 +170,14 @@ def plan_non_weight_files(src: Path) -> list[tuple[str, Path]]:
     for folder, dirs, files in os.walk(src, followlinks=False):
         here = Path(folder)
         kept_dirs = []
+        deep = len(here.relative_to(src).parts) >= MAX_COPY_DEPTH
         for name in sorted(dirs):
             path = here / name
             if name.startswith("."):
                 continue
-            if path.is_symlink():
+            if deep:  # os.walk recurses: thousands of nested folders would end in a RecursionError
+                warn(f"not copying {path}: it is nested more than {MAX_COPY_DEPTH} folders deep in the base model")
+            elif path.is_symlink():
                 warn(f"not copying {path}: it is a symlink to a folder")
             elif (path / "merge_config.yaml").exists():
                 warn(f"not copying {path}: it is an earlier mdamerge output inside the base model")
@@ -454,6 +460,7 @@ class AtomicOutputDir:
         self.replaced = False
         self._existing: os.stat_result | None = None
         self._lock_fd: int | None = None
+        self._made_parents: list[Path] = []
 
     @property
     def _partial_prefix(self) -> str:
@@ -465,25 +472,28 @@ class AtomicOutputDir:
             raise OutputError(f"output path '{target}' does not name a folder: give e.g. {target / 'merged'}")
         with writing(target):
             self._existing = _check_existing(target, self.overwrite)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._remove_stale_partials()
-            self.tmp = Path(tempfile.mkdtemp(prefix=self._partial_prefix, dir=target.parent))
+            self._made_parents = missing_folders(target.parent)
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._remove_stale_partials()
+                self.tmp = Path(tempfile.mkdtemp(prefix=self._partial_prefix, dir=target.parent))
                 self._take_ownership()
                 os.chmod(self.tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private; the result should not be
             except BaseException:
-                self._discard()
+                self._discard(failed=True)
                 raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
+        installed = False
         try:
             if exc_type is None:
                 with writing(self.target):
                     self._install()
+                installed = True
         finally:
-            self._discard()
+            self._discard(failed=not installed)
 
     # -- internals ---------------------------------------------------------------------------
     def _take_ownership(self) -> None:
@@ -494,13 +504,16 @@ class AtomicOutputDir:
             self._lock_fd = os.open(owner, os.O_RDONLY)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
 
-    def _discard(self) -> None:
-        """Remove the temporary folder (if it is still there) and release the lock."""
+    def _discard(self, failed: bool = False) -> None:
+        """Remove the temporary folder (if it is still there) and release the lock; after a
+        failure also the parent folders this run created (``--out a/b/out``: no empty ``a/b``)."""
         if self.tmp is not None and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if failed:
+            remove_empty_folders(self._made_parents)
 
     def _install(self) -> None:
         (self.tmp / OWNER_FILE).unlink()
@@ -564,6 +577,26 @@ class OutputFolder(AtomicOutputDir):
             super().__exit__(exc_type, exc, tb)
             raise output_error(self.target, exc) from None
         super().__exit__(exc_type, exc, tb)
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """The ancestors of ``folder`` (itself included) that do not exist yet, deepest first."""
+    missing = []
+    for path in [folder, *folder.parents]:
+        if _lstat_or_none(path) is not None:
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """``rmdir`` each folder in order, stopping at the first that is gone or not empty
+    (another process may have put something there: it is not ours to remove)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _current_umask() -> int:

@@ -23,10 +23,13 @@ def parse_params(items) -> dict:
 def parse_weights(text: str | None):
     if text is None:
         return None
+    from ..config import finite_number
+
     try:
-        return [float(w) for w in text.split(",")]
+        weights = [float(w) for w in text.split(",")]
     except ValueError:
         raise ConfigError(f"--weights expects comma-separated numbers, got {text!r}") from None
+    return [finite_number(w, f"--weights entry {i + 1}") for i, w in enumerate(weights)]
 
 
 @click.command("lora")
@@ -44,7 +47,7 @@ def parse_weights(text: str | None):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores not busy now).")
 @interruptible("out_dir")
 def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, device, seed, overwrite, quiet, threads):
     """Merge PEFT LoRA ADAPTERS (folders) trained on BASE into a full model or a new adapter.

@@ -55,7 +55,7 @@ from ..methods.linalg import default_rank, polar_factor, rebuild, top_k_svd
 from ..methods.mda import mda_align
 from ..engine.prefixes import task_names
 from ..io.classifiers import save_head_file, task_folders_card, write_task_folders
-from .adapters import PEFT_PREFIX, TRANSPOSED_KINDS, LoraAdapter
+from .adapters import PEFT_PREFIX, TRANSPOSED_KINDS, LoraAdapter, check_same_base
 from .heads import adapter_classifier, announce, split_head
 
 LOW_RANK_METHODS = ("tsv", "mda", "iso_c", "iso_cts")
@@ -216,6 +216,7 @@ class LoraMerger:
         self.adapters = [LoraAdapter(p) for p in adapters]
         if len(self.adapters) < 2:
             raise MergeError(f"merging needs at least 2 LoRA adapters, got {len(self.adapters)}")
+        check_same_base(self.adapters)  # the Python API as well as the CLI and replays
         self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(self.adapters)
         if len(self.weights) != len(self.adapters):
             raise MergeError(f"got {len(self.weights)} weights for {len(self.adapters)} adapters")

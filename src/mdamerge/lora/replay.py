@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..config import _resolve_path, check_seed, check_value_types, finite_number
 from ..errors import ConfigError, closest_hint
 
 LORA_KEYS = ("method", "base_model", "models", "parameters", "dtype", "exclude", "seed", "lora")
@@ -21,8 +22,6 @@ def is_lora_config(data: Any) -> bool:
 
 
 def _resolve(value: str, root: Path) -> str:
-    from ..config import _resolve_path
-
     return _resolve_path(str(value), root)
 
 
@@ -34,6 +33,7 @@ def lora_arguments(data: dict[str, Any], root: Path) -> dict[str, Any]:
     for key in ("method", "base_model", "models"):
         if key not in data:
             raise ConfigError(f"LoRA merge config is missing '{key}'")
+    check_value_types(data)
     if data.get("exclude"):
         raise ConfigError("'exclude' is not supported for LoRA merges (adapters only touch their target modules)")
     lora = data["lora"] or {}
@@ -48,14 +48,15 @@ def lora_arguments(data: dict[str, Any], root: Path) -> dict[str, Any]:
             if "path" not in entry:
                 raise ConfigError(f"models[{i}] must be a path or a mapping with 'path'")
             paths.append(_resolve(entry["path"], root))
-            weights.append(float(entry.get("weight", 1.0)))
+            weights.append(finite_number(entry.get("weight", 1.0), f"models[{i}].weight"))
         else:
             paths.append(_resolve(entry, root))
             weights.append(1.0)
     return {
         "base": _resolve(data["base_model"], root), "adapters": paths, "method": str(data["method"]),
         "output": lora.get("output", "model"), "rank": lora.get("rank"), "weights": weights,
-        "parameters": dict(data.get("parameters") or {}), "dtype": data.get("dtype"), "seed": data.get("seed", 0),
+        "parameters": dict(data.get("parameters") or {}), "dtype": data.get("dtype"),
+        "seed": check_seed(data.get("seed", 0)),
     }
 
 

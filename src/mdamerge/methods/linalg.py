@@ -9,8 +9,27 @@ import torch
 
 
 def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD ``a = U diag(S) Vh`` (``full_matrices=False``)."""
-    return torch.linalg.svd(a, full_matrices=False)
+    """Thin SVD ``a = U diag(S) Vh`` (``full_matrices=False``).
+
+    torch's CPU driver, LAPACK's divide-and-conquer ``gesdd``, can fail to converge on a finite
+    matrix with many (nearly) repeated singular values -- ``[U_1 .. U_T]`` filling a layer
+    exactly (T k = min(m, n)) is one; the QR-iteration ``gesvd`` is then used instead.
+    """
+    try:
+        return torch.linalg.svd(a, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if not bool(torch.isfinite(a).all()):
+            raise
+        return _gesvd(a)
+
+
+def _gesvd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if a.device.type == "cuda":
+        return torch.linalg.svd(a, full_matrices=False, driver="gesvd")
+    import scipy.linalg
+
+    u, s, vh = scipy.linalg.svd(a.detach().numpy(), full_matrices=False, lapack_driver="gesvd", check_finite=False)
+    return tuple(torch.from_numpy(x).to(a.dtype) for x in (u, s, vh))
 
 
 # Accuracy guards of the Gram routes (see docs/method.md, "Accuracy of the SVD routes").

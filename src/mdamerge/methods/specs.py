@@ -9,10 +9,11 @@ fraction of a second.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..errors import ConfigError, closest_hint
+from ..errors import ConfigError, closest_hint, short_repr
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,12 @@ class Param:
                 coerced = int(value)
             else:
                 coerced = self.kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer for a float
             raise ConfigError(
-                f"parameter '{self.name}'{where} must be {self.kind.__name__}, got {value!r}"
+                f"parameter '{self.name}'{where} must be {self.kind.__name__}, got {short_repr(value)}"
             ) from None
+        if self.kind is float and not math.isfinite(coerced):  # NaN would pass every range check below
+            raise ConfigError(f"parameter '{self.name}'{where} must be a finite number, got {value!r}")
         if self.choices is not None and coerced not in self.choices:
             raise ConfigError(
                 f"parameter '{self.name}'{where} must be one of {list(self.choices)}, got {value!r}"
