@@ -133,13 +133,17 @@ def test_zoo_records_beat_the_pretrained_backbone_and_are_reused(zoo):
 @pytest.mark.slow
 def test_bench_table_uses_validation_for_choices_and_test_once(zoo, monkeypatch, tmp_path):
     calls = []
-    real = bench_mod.evaluate_backbone
 
-    def spy(state, z, tasks, split="test", *args, **kw):
-        calls.append(split)
-        return real(state, z, tasks, split, *args, **kw)
+    def spy_on(name):  # validation goes through evaluate_backbone, the test split through backbone_correct
+        real = getattr(bench_mod, name)
 
-    monkeypatch.setattr(bench_mod, "evaluate_backbone", spy)
+        def spy(state, z, tasks, split="test", *args, **kw):
+            calls.append(split)
+            return real(state, z, tasks, split, *args, **kw)
+        monkeypatch.setattr(bench_mod, name, spy)
+
+    spy_on("evaluate_backbone")
+    spy_on("backbone_correct")
     res = run_bench(SUITE, "task_arithmetic,mda,average", zoo=zoo, progress=False, val_limit=200)
     rows = [r.name for r in res.rows]
     assert rows == ["pretrained", "fine-tuned", "task_arithmetic", "mda", "average"]
@@ -342,3 +346,19 @@ def test_results_page_takes_the_paper_experiments_statements_only(tmp_path):
     text = paper_experiments_section(page)
     assert "**tasks8**" in text and "- MDA ties TSV-M." in text and "**text8**" in text and "- second suite." in text
     assert "| method |" not in text and "intro" not in text and "(paper_experiments.md)" in text
+
+
+def test_every_row_keeps_its_per_example_test_results_for_the_intervals(zoo, result):
+    from mdamerge.evaluation.intervals import unpack_correct
+    from mdamerge.evaluation.tables import markdown_report
+
+    for row in result.rows:
+        for task in result.tasks:
+            correct = unpack_correct(row.correct[task])
+            assert len(correct) == len(zoo.task_data(task).test[1])
+            assert row.accuracies[task] == pytest.approx(float(correct.double().mean()))
+    intervals = result.intervals()
+    tsv, ta = result.row("tsv").average, result.row("task_arithmetic").average
+    assert intervals["tsv"]["task_arithmetic"].diff == pytest.approx(tsv - ta)
+    assert intervals["tsv"]["task_arithmetic"].low <= tsv - ta <= intervals["tsv"]["task_arithmetic"].high
+    assert "## Differences from TSV-M and task arithmetic" in markdown_report(result)

@@ -281,7 +281,7 @@ def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, t
     from mdamerge.textzoo import results as R
 
     out = tmp_path / "docs" / "results_text.md"
-    R.main(["--suite", SUITE, "--methods", "task_arithmetic,adamerging_task", "--cache", str(text_cache),
+    R.main(["--suite", SUITE, "--recipe", "stored", "--methods", "task_arithmetic,adamerging_task", "--cache", str(text_cache),
             "--out", str(out), "--jobs", "1", "--val-limit", "16"])
     saved = json.loads(out.with_suffix(".json").read_text())
     res = BenchResult.from_dict(saved["result"])
@@ -294,7 +294,7 @@ def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, t
     cos = saved["cosines"]
     assert 0 <= cos["mean_abs_cos"] <= cos["max_abs_cos"] <= 1
     # rendering again from the JSON gives the same page
-    R.main(["--suite", SUITE, "--cache", str(text_cache), "--out", str(out), "--render-only"])
+    R.main(["--suite", SUITE, "--recipe", "stored", "--cache", str(text_cache), "--out", str(out), "--render-only"])
     assert out.read_text() == page
 
 

@@ -21,9 +21,11 @@ import torch
 from ..zoo.build import Zoo, default_cache_dir
 from ..zoo.tasks import SUITES, TASKS
 from .bench import BenchResult, mda_option_summary, run_bench
-from .tables import display_name, markdown_table, chosen_params_table, mda_options_table, pct
+from .tables import chosen_params_table, display_name, interval_section, markdown_table, mda_options_table, pct
 
 DEFAULT_SUITES = ("tasks8", "tasks14", "tasks20")
+NO_INTERVALS = ("_No intervals: this suite's saved rows predate the per-example test results that the paired "
+                "bootstrap needs (`make results` records them when it benchmarks the suite again)._\n")
 COMPARED = ("task_arithmetic", "tsv", "iso_cts", "mda")
 
 
@@ -237,7 +239,9 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
     ]
     for suite, res in results.items():
         parts += [f"\n## {suite} ({len(res.tasks)} tasks)\n", markdown_table(res),
-                  "\nChosen on validation:\n", chosen_params_table(res)]
+                  "\nChosen on validation:\n", chosen_params_table(res),
+                  f"\nDifferences from TSV-M and task arithmetic on {suite}:\n",
+                  interval_section(res) or NO_INTERVALS]
         mda = mda_options_table(res)
         if mda:
             parts += ["\nMDA option search (best scaling of each option set, validation average %):\n", mda]
