@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import json
 import shutil
@@ -362,3 +363,59 @@ def test_every_row_keeps_its_per_example_test_results_for_the_intervals(zoo, res
     assert intervals["tsv"]["task_arithmetic"].diff == pytest.approx(tsv - ta)
     assert intervals["tsv"]["task_arithmetic"].low <= tsv - ta <= intervals["tsv"]["task_arithmetic"].high
     assert "## Differences from TSV-M and task arithmetic" in markdown_report(result)
+
+
+def test_a_zoo_adopts_an_alike_pretrained_backbone_and_refuses_another(cache, tmp_path):
+    donor = Zoo(cache / "zoo")
+    lower_lr = dataclasses.replace(TINY, finetune=dataclasses.replace(TINY.finetune, lr=5e-4))
+    zoo = Zoo(tmp_path / "variant", settings=lower_lr)
+    zoo.adopt_base(donor)
+    assert zoo.has_base() and zoo.pretrain_record["adopted_from"] == str(donor.root)
+    for k, v in donor.base_state_dict().items():
+        assert torch.equal(zoo.base_state_dict()[k], v)
+    assert Zoo(tmp_path / "variant").pretrain_record["seconds"] == donor.pretrain_record["seconds"]  # saved
+    longer = dataclasses.replace(TINY, pretrain=dataclasses.replace(TINY.pretrain, steps=120))
+    with pytest.raises(ConfigError, match=r"pretrained with other settings \(pretrain\)"):
+        Zoo(tmp_path / "other", settings=longer).adopt_base(donor)
+
+
+@pytest.mark.slow
+def test_regime_figures_are_validation_only_and_match_a_merge_by_hand(zoo, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import regime
+
+    splits = []
+    real = regime.evaluate_backbone
+
+    def spy(state, z, tasks, split="test", *args, **kw):
+        splits.append(split)
+        return real(state, z, tasks, split, *args, **kw)
+
+    monkeypatch.setattr(regime, "evaluate_backbone", spy)
+    tasks = ["mnist", "fashion", "letters"]
+    fig = regime.validation_figures(zoo, tasks)
+    assert set(splits) == {"val"}
+    assert fig["pretrained"] == pytest.approx(sum(zoo.pretrained_accuracy(t, "val") for t in tasks) / 3)
+    assert fig["finetuned"] == pytest.approx(sum(zoo.individual_accuracy(t, "val") for t in tasks) / 3)
+    base = zoo.base_state_dict()
+    fts = [zoo.finetuned_state_dict(t) for t in tasks]
+    for s, key in ((fig["methods"]["task_arithmetic"]["scaling"], "val"), (1.0, "val_at_scaling_1")):
+        by_hand = {k: base[k] + s * sum(ft[k] - base[k] for ft in fts) for k in base}
+        assert average(real(by_hand, zoo, tasks, "val")) == pytest.approx(fig["methods"]["task_arithmetic"][key])
+    gap = fig["finetuned"] - fig["pretrained"]
+    assert regime.share(fig, fig["finetuned"]) == pytest.approx(1.0) and regime.share(fig, fig["pretrained"]) == 0
+    assert gap > 0 and "| TA scaling |" in regime.render({"tiny": fig})
+
+
+def test_results_page_rerenders_from_the_saved_zoo_facts_where_the_zoo_is_not_built(cache, zoo, result, tmp_path):
+    from mdamerge.evaluation import results as results_mod
+
+    out = tmp_path / "results.md"
+    saved = {"started": "2026-01-01 00:00", "seconds": 60.0, "builds": {}, "suites": {SUITE: result.to_dict()},
+             "zoo": results_mod.zoo_facts(zoo, [SUITE])}
+    out.with_suffix(".json").write_text(json.dumps(saved))
+    results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
+    with_zoo = out.read_text()
+    results_mod.main(["--cache", str(tmp_path / "no-zoo-here"), "--out", str(out), "--render-only"])
+    assert out.read_text() == with_zoo and "| mnist |" in with_zoo
+    assert "Differences from TSV-M and task arithmetic on tiny3" in with_zoo and "_No intervals" not in with_zoo
