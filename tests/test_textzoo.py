@@ -308,3 +308,27 @@ def test_join_results_keeps_one_set_of_reference_rows():
     joined = join_results([one, two])
     assert [r.name for r in joined.rows] == ["pretrained", "fine-tuned", "tsv", "adamerging"]
     assert joined.meta["seconds"] == [1, 2]
+
+
+def test_mda_options_fixed_on_the_results_command_line_are_parsed_and_checked():
+    from mdamerge.textzoo.results import mda_method_options
+
+    assert mda_method_options(None) is None
+    assert mda_method_options("etf_side=both, etf_over=tasks,polar=False") == {
+        "mda": {"etf_side": "both", "etf_over": "tasks", "polar": False}}
+    with pytest.raises(SystemExit, match="unknown MDA option 'side'"):
+        mda_method_options("side=both")
+    with pytest.raises(SystemExit, match="etf_over takes directions, tasks, not 'rows'"):
+        mda_method_options("etf_over=rows")
+
+
+def test_text_recipes_keep_the_stored_one_and_name_their_folders():
+    from mdamerge.textzoo.build import TEXT_RECIPES, TextZooSettings, recipe_subdir
+
+    assert TEXT_RECIPES["stored"].fingerprint() == TextZooSettings().fingerprint()
+    additive = TEXT_RECIPES["additive"]
+    assert additive.pooling == "cls" and additive.test_size >= 1000
+    assert (additive.finetune.lr, additive.finetune.steps) == (1e-4, 200)
+    assert recipe_subdir("stored") == "textzoo" and recipe_subdir("additive") == "textzoo-additive"
+    with pytest.raises(ConfigError, match="unknown text recipe 'fast'"):
+        recipe_subdir("fast")
