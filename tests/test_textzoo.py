@@ -332,3 +332,18 @@ def test_text_recipes_keep_the_stored_one_and_name_their_folders():
     assert recipe_subdir("stored") == "textzoo" and recipe_subdir("additive") == "textzoo-additive"
     with pytest.raises(ConfigError, match="unknown text recipe 'fast'"):
         recipe_subdir("fast")
+
+
+def test_the_stored_recipes_paragraph_states_its_figures():
+    from mdamerge.evaluation.bench import BenchResult, Row
+    from mdamerge.textzoo.results import stored_paragraph
+
+    rows = [Row("pretrained", "reference", {"a": 0.6}), Row("fine-tuned", "reference", {"a": 0.7}),
+            Row("task_arithmetic", "data-free", {"a": 0.61}, params={"scaling": 0.02}),
+            Row("tsv", "data-free", {"a": 0.625}, params={"scaling": 0.36}),
+            Row("adamerging_task", "data-based", {"a": 0.55})]
+    meta = {"zoo_settings": {"finetune": {"steps": 80, "lr": 3e-4}, "test_size": 320}}
+    text = stored_paragraph({"result": BenchResult("text8", ["a"], rows, meta).to_dict()})
+    assert "(80 steps at lr 0.0003, mean pooling, 320 test examples per task;" in text
+    assert "gained 10.0 points over the probe" in text and "scaling 0.02 (10% of the gap)" in text
+    assert "the best data-free merge, TSV-M, recovered 25%; 1 of 1 data-based methods ended below" in text

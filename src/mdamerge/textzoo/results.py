@@ -263,7 +263,8 @@ def stored_paragraph(saved: dict) -> str:
     best = max(free, key=lambda r: r.average)
     based = [r for r in res.rows if r.kind == "data-based"]
     pre = res.row("pretrained").average
-    text = (f"The text8 of before ({ft.get('steps')} steps at lr {ft.get('lr')}, mean pooling, "
+    text = (f"The text8 of before ({ft.get('steps')} steps at lr {ft.get('lr')}, "
+            f"{res.meta.get('zoo_settings', {}).get('pooling', 'mean')} pooling, "
             f"{res.meta.get('zoo_settings', {}).get('test_size')} test examples per task; [{STORED_PAGE_JSON}]"
             f"({STORED_PAGE_JSON})): fine-tuning gained {100 * (res.finetuned.average - pre):.1f} points over the probe; "
             f"validation chose task arithmetic's scaling {res.row('task_arithmetic').params.get('scaling')} "
