@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import json
 import shutil
@@ -133,13 +134,17 @@ def test_zoo_records_beat_the_pretrained_backbone_and_are_reused(zoo):
 @pytest.mark.slow
 def test_bench_table_uses_validation_for_choices_and_test_once(zoo, monkeypatch, tmp_path):
     calls = []
-    real = bench_mod.evaluate_backbone
 
-    def spy(state, z, tasks, split="test", *args, **kw):
-        calls.append(split)
-        return real(state, z, tasks, split, *args, **kw)
+    def spy_on(name):  # validation goes through evaluate_backbone, the test split through backbone_correct
+        real = getattr(bench_mod, name)
 
-    monkeypatch.setattr(bench_mod, "evaluate_backbone", spy)
+        def spy(state, z, tasks, split="test", *args, **kw):
+            calls.append(split)
+            return real(state, z, tasks, split, *args, **kw)
+        monkeypatch.setattr(bench_mod, name, spy)
+
+    spy_on("evaluate_backbone")
+    spy_on("backbone_correct")
     res = run_bench(SUITE, "task_arithmetic,mda,average", zoo=zoo, progress=False, val_limit=200)
     rows = [r.name for r in res.rows]
     assert rows == ["pretrained", "fine-tuned", "task_arithmetic", "mda", "average"]
@@ -342,3 +347,75 @@ def test_results_page_takes_the_paper_experiments_statements_only(tmp_path):
     text = paper_experiments_section(page)
     assert "**tasks8**" in text and "- MDA ties TSV-M." in text and "**text8**" in text and "- second suite." in text
     assert "| method |" not in text and "intro" not in text and "(paper_experiments.md)" in text
+
+
+def test_every_row_keeps_its_per_example_test_results_for_the_intervals(zoo, result):
+    from mdamerge.evaluation.intervals import unpack_correct
+    from mdamerge.evaluation.tables import markdown_report
+
+    for row in result.rows:
+        for task in result.tasks:
+            correct = unpack_correct(row.correct[task])
+            assert len(correct) == len(zoo.task_data(task).test[1])
+            assert row.accuracies[task] == pytest.approx(float(correct.double().mean()))
+    intervals = result.intervals()
+    tsv, ta = result.row("tsv").average, result.row("task_arithmetic").average
+    assert intervals["tsv"]["task_arithmetic"].diff == pytest.approx(tsv - ta)
+    assert intervals["tsv"]["task_arithmetic"].low <= tsv - ta <= intervals["tsv"]["task_arithmetic"].high
+    assert "## Differences from TSV-M and task arithmetic" in markdown_report(result)
+
+
+def test_a_zoo_adopts_an_alike_pretrained_backbone_and_refuses_another(cache, tmp_path):
+    donor = Zoo(cache / "zoo")
+    lower_lr = dataclasses.replace(TINY, finetune=dataclasses.replace(TINY.finetune, lr=5e-4))
+    zoo = Zoo(tmp_path / "variant", settings=lower_lr)
+    zoo.adopt_base(donor)
+    assert zoo.has_base() and zoo.pretrain_record["adopted_from"] == str(donor.root)
+    for k, v in donor.base_state_dict().items():
+        assert torch.equal(zoo.base_state_dict()[k], v)
+    assert Zoo(tmp_path / "variant").pretrain_record["seconds"] == donor.pretrain_record["seconds"]  # saved
+    longer = dataclasses.replace(TINY, pretrain=dataclasses.replace(TINY.pretrain, steps=120))
+    with pytest.raises(ConfigError, match=r"pretrained with other settings \(pretrain\)"):
+        Zoo(tmp_path / "other", settings=longer).adopt_base(donor)
+
+
+@pytest.mark.slow
+def test_regime_figures_are_validation_only_and_match_a_merge_by_hand(zoo, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import regime
+
+    splits = []
+    real = regime.evaluate_backbone
+
+    def spy(state, z, tasks, split="test", *args, **kw):
+        splits.append(split)
+        return real(state, z, tasks, split, *args, **kw)
+
+    monkeypatch.setattr(regime, "evaluate_backbone", spy)
+    tasks = ["mnist", "fashion", "letters"]
+    fig = regime.validation_figures(zoo, tasks)
+    assert set(splits) == {"val"}
+    assert fig["pretrained"] == pytest.approx(sum(zoo.pretrained_accuracy(t, "val") for t in tasks) / 3)
+    assert fig["finetuned"] == pytest.approx(sum(zoo.individual_accuracy(t, "val") for t in tasks) / 3)
+    base = zoo.base_state_dict()
+    fts = [zoo.finetuned_state_dict(t) for t in tasks]
+    for s, key in ((fig["methods"]["task_arithmetic"]["scaling"], "val"), (1.0, "val_at_scaling_1")):
+        by_hand = {k: base[k] + s * sum(ft[k] - base[k] for ft in fts) for k in base}
+        assert average(real(by_hand, zoo, tasks, "val")) == pytest.approx(fig["methods"]["task_arithmetic"][key])
+    gap = fig["finetuned"] - fig["pretrained"]
+    assert regime.share(fig, fig["finetuned"]) == pytest.approx(1.0) and regime.share(fig, fig["pretrained"]) == 0
+    assert gap > 0 and "| TA scaling |" in regime.render({"tiny": fig})
+
+
+def test_results_page_rerenders_from_the_saved_zoo_facts_where_the_zoo_is_not_built(cache, zoo, result, tmp_path):
+    from mdamerge.evaluation import results as results_mod
+
+    out = tmp_path / "results.md"
+    saved = {"started": "2026-01-01 00:00", "seconds": 60.0, "builds": {}, "suites": {SUITE: result.to_dict()},
+             "zoo": results_mod.zoo_facts(zoo, [SUITE])}
+    out.with_suffix(".json").write_text(json.dumps(saved))
+    results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
+    with_zoo = out.read_text()
+    results_mod.main(["--cache", str(tmp_path / "no-zoo-here"), "--out", str(out), "--render-only"])
+    assert out.read_text() == with_zoo and "| mnist |" in with_zoo
+    assert "Differences from TSV-M and task arithmetic on tiny3" in with_zoo and "_No intervals" not in with_zoo

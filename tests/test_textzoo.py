@@ -281,7 +281,7 @@ def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, t
     from mdamerge.textzoo import results as R
 
     out = tmp_path / "docs" / "results_text.md"
-    R.main(["--suite", SUITE, "--methods", "task_arithmetic,adamerging_task", "--cache", str(text_cache),
+    R.main(["--suite", SUITE, "--recipe", "stored", "--methods", "task_arithmetic,adamerging_task", "--cache", str(text_cache),
             "--out", str(out), "--jobs", "1", "--val-limit", "16"])
     saved = json.loads(out.with_suffix(".json").read_text())
     res = BenchResult.from_dict(saved["result"])
@@ -294,7 +294,7 @@ def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, t
     cos = saved["cosines"]
     assert 0 <= cos["mean_abs_cos"] <= cos["max_abs_cos"] <= 1
     # rendering again from the JSON gives the same page
-    R.main(["--suite", SUITE, "--cache", str(text_cache), "--out", str(out), "--render-only"])
+    R.main(["--suite", SUITE, "--recipe", "stored", "--cache", str(text_cache), "--out", str(out), "--render-only"])
     assert out.read_text() == page
 
 
@@ -308,3 +308,42 @@ def test_join_results_keeps_one_set_of_reference_rows():
     joined = join_results([one, two])
     assert [r.name for r in joined.rows] == ["pretrained", "fine-tuned", "tsv", "adamerging"]
     assert joined.meta["seconds"] == [1, 2]
+
+
+def test_mda_options_fixed_on_the_results_command_line_are_parsed_and_checked():
+    from mdamerge.textzoo.results import mda_method_options
+
+    assert mda_method_options(None) is None
+    assert mda_method_options("etf_side=both, etf_over=tasks,polar=False") == {
+        "mda": {"etf_side": "both", "etf_over": "tasks", "polar": False}}
+    with pytest.raises(SystemExit, match="unknown MDA option 'side'"):
+        mda_method_options("side=both")
+    with pytest.raises(SystemExit, match="etf_over takes directions, tasks, not 'rows'"):
+        mda_method_options("etf_over=rows")
+
+
+def test_text_recipes_keep_the_stored_one_and_name_their_folders():
+    from mdamerge.textzoo.build import TEXT_RECIPES, TextZooSettings, recipe_subdir
+
+    assert TEXT_RECIPES["stored"].fingerprint() == TextZooSettings().fingerprint()
+    additive = TEXT_RECIPES["additive"]
+    assert additive.pooling == "cls" and additive.test_size >= 1000
+    assert (additive.finetune.lr, additive.finetune.steps) == (1e-4, 200)
+    assert recipe_subdir("stored") == "textzoo" and recipe_subdir("additive") == "textzoo-additive"
+    with pytest.raises(ConfigError, match="unknown text recipe 'fast'"):
+        recipe_subdir("fast")
+
+
+def test_the_stored_recipes_paragraph_states_its_figures():
+    from mdamerge.evaluation.bench import BenchResult, Row
+    from mdamerge.textzoo.results import stored_paragraph
+
+    rows = [Row("pretrained", "reference", {"a": 0.6}), Row("fine-tuned", "reference", {"a": 0.7}),
+            Row("task_arithmetic", "data-free", {"a": 0.61}, params={"scaling": 0.02}),
+            Row("tsv", "data-free", {"a": 0.625}, params={"scaling": 0.36}),
+            Row("adamerging_task", "data-based", {"a": 0.55})]
+    meta = {"zoo_settings": {"finetune": {"steps": 80, "lr": 3e-4}, "test_size": 320}}
+    text = stored_paragraph({"result": BenchResult("text8", ["a"], rows, meta).to_dict()})
+    assert "(80 steps at lr 0.0003, mean pooling, 320 test examples per task;" in text
+    assert "gained 10.0 points over the probe" in text and "scaling 0.02 (10% of the gap)" in text
+    assert "the best data-free merge, TSV-M, recovered 25%; 1 of 1 data-based methods ended below" in text

@@ -26,7 +26,8 @@ from ..methods import available_methods, get_method
 from ..zoo.build import Zoo, zoo_for_tasks
 from ..zoo.finetune import cpu_threads
 from ..zoo.tasks import SUITES, resolve_tasks
-from .evaluate import average, evaluate_backbone, evaluate_model, normalized
+from .evaluate import accuracies, average, backbone_correct, evaluate_backbone, model_correct, normalized
+from .intervals import Interval, pack_correct, row_intervals
 
 # Display order of the data-free methods; methods registered later are appended.
 PREFERRED_ORDER = ("average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda")
@@ -42,6 +43,8 @@ SCALING_GRIDS: dict[str, tuple[float, ...]] = {
     "mda": (0.6, 0.8, 1.0, 1.2, 1.5),
 }
 MAX_EDGE_EXTENSIONS = 3
+# Rows every other row is compared with, by a paired bootstrap over test examples (issue 19).
+INTERVAL_REFERENCES = ("tsv", "task_arithmetic")
 # MDA's open choices, decided by the benchmark on validation data.
 MDA_OPTIONS = {"etf_side": ("left", "right", "both"), "etf_over": ("directions", "tasks"), "polar": (True, False)}
 
@@ -66,10 +69,17 @@ class Row:
     trials: list[Trial] = field(default_factory=list)
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    # per task, which test examples the row got right (intervals.pack_correct): the paired bootstrap's input
+    correct: dict[str, str] = field(default_factory=dict)
 
     @property
     def average(self) -> float:
         return average(self.accuracies)
+
+
+def row_from_correct(name: str, kind: str, correct: dict[str, torch.Tensor], **fields: Any) -> Row:
+    """A row whose test accuracies come from per-example correctness, which it keeps (packed)."""
+    return Row(name, kind, accuracies(correct), correct={t: pack_correct(c) for t, c in correct.items()}, **fields)
 
 
 @dataclass
@@ -110,6 +120,12 @@ class BenchResult:
         return {"seen": average({t: a for t, a in acc.items() if t not in held}),
                 "unseen": average({t: a for t, a in acc.items() if t in held})}
 
+    def intervals(self, references: Sequence[str] = INTERVAL_REFERENCES) -> dict[str, dict[str, Interval]]:
+        """``{row: {reference: Interval}}``: each row's average-accuracy difference from each reference row
+        present (default TSV-M and task arithmetic), with its paired bootstrap 95% interval over test
+        examples; empty for results saved before rows kept their per-example correctness."""
+        return row_intervals({r.name: r.correct for r in self.rows}, self.tasks, references)
+
     def to_dict(self) -> dict:
         rows = []
         for row in self.rows:
@@ -117,7 +133,11 @@ class BenchResult:
             data["average"] = row.average
             data["normalized_average"] = self.normalized_average(row.name)
             rows.append(data)
-        return {"suite": self.suite, "tasks": self.tasks, "rows": rows, "meta": self.meta}
+        out = {"suite": self.suite, "tasks": self.tasks, "rows": rows, "meta": self.meta}
+        intervals = self.intervals()
+        if intervals:  # derived from the rows' correctness (seeded), written out for readers of the JSON
+            out["intervals"] = {n: {ref: i.to_dict() for ref, i in refs.items()} for n, refs in intervals.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "BenchResult":
@@ -126,7 +146,7 @@ class BenchResult:
             r = {k: v for k, v in r.items() if k not in ("average", "normalized_average")}
             r["trials"] = [Trial(**t) for t in r.get("trials", [])]
             rows.append(Row(**r))
-        return cls(data["suite"], list(data["tasks"]), rows, data.get("meta", {}))
+        return cls(data["suite"], list(data["tasks"]), rows, data.get("meta", {}))  # "intervals" is derived
 
     @property
     def file_stem(self) -> str:
@@ -407,18 +427,18 @@ def _pretrained_row(zoo: Zoo, tasks: list[str], device: str) -> Row:
     """The pretrained backbone through each task's probe head (the vision zoo: its frozen task head)."""
     t0 = time.perf_counter()
     model = zoo.load_backbone()
-    acc = evaluate_model(model, zoo, tasks, "test", device, heads={t: zoo.probe_head(t) for t in tasks})
-    return Row("pretrained", "reference", acc, seconds=round(time.perf_counter() - t0, 1))
+    correct = model_correct(model, zoo, tasks, "test", device, heads={t: zoo.probe_head(t) for t in tasks})
+    return row_from_correct("pretrained", "reference", correct, seconds=round(time.perf_counter() - t0, 1))
 
 
 def _finetuned_row(zoo: Zoo, tasks: list[str], device: str) -> Row:
     """Each task's own fine-tuned backbone, loaded from its Hugging Face folder."""
     t0 = time.perf_counter()
-    acc = {}
+    correct = {}
     for task in tasks:
         model = zoo.load_backbone(zoo.finetuned_dir(task))
-        acc[task] = evaluate_model(model, zoo, [task], "test", device)[task]
-    return Row("fine-tuned", "reference", acc, seconds=round(time.perf_counter() - t0, 1))
+        correct[task] = model_correct(model, zoo, [task], "test", device)[task]
+    return row_from_correct("fine-tuned", "reference", correct, seconds=round(time.perf_counter() - t0, 1))
 
 
 def _data_free_row(
@@ -453,8 +473,9 @@ def _data_free_row(
     params = {**opts, **({"scaling": s} if s is not None else {})}
     final = ScaledMerge(base, finetuned, name, opts, device, seed, verified=verified)(
         s if s is not None else extra.get("scaling"))
-    acc = evaluate_backbone(final, zoo, tasks, "test", device)
-    return Row(name, "data-free", acc, params=params, val_average=None if math.isnan(val) else val, trials=trials)
+    correct = backbone_correct(final, zoo, tasks, "test", device)
+    return row_from_correct(name, "data-free", correct, params=params, val_average=None if math.isnan(val) else val,
+                      trials=trials)
 
 
 def zoo_adaptive_defaults(zoo: Zoo, method: Callable) -> dict[str, Any]:
@@ -470,11 +491,11 @@ def _adaptive_row(
 ) -> Row:
     """Adapt on ``tasks``; test on ``eval_tasks`` (default ``tasks``), held-out ones without a feature transform."""
     result = fn(zoo, tasks, device=device, seed=seed, **extra)
-    acc = evaluate_backbone(result.state_dict, zoo, eval_tasks or tasks, "test", device,
-                            feature_transforms=result.feature_transforms)
+    correct = backbone_correct(result.state_dict, zoo, eval_tasks or tasks, "test", device,
+                               feature_transforms=result.feature_transforms)
     info = {k: v for k, v in (result.info or {}).items() if _jsonable(v)}
     params = {k: v for k, v in extra.items() if _jsonable(v)}
-    return Row(name, "data-based", acc, params=params, info=info)
+    return row_from_correct(name, "data-based", correct, params=params, info=info)
 
 
 def _jsonable(value: Any) -> bool:

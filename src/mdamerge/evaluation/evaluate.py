@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ..zoo.build import Zoo, read_state_dict
-from ..zoo.finetune import head_accuracy
+from ..zoo.finetune import fraction_correct, head_correct
 from ..zoo.tasks import resolve_tasks
 
 FeatureTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -27,12 +27,13 @@ def _limit(split: tuple[torch.Tensor, torch.Tensor], limit: int | None) -> tuple
     return split[0][:limit], split[1][:limit]
 
 
-def evaluate_model(
+def model_correct(
     model: torch.nn.Module, zoo: Zoo, tasks: Iterable[str] | str, split: str = "test", device: str = "cpu",
     feature_transforms: dict[str, FeatureTransform] | None = None, limit: int | None = None,
     heads: dict[str, torch.nn.Module] | None = None,
-) -> dict[str, float]:
-    """Per-task accuracy in [0, 1] of an already built backbone module (through ``heads[task]``, default the zoo's)."""
+) -> dict[str, torch.Tensor]:
+    """Per task, which examples of ``split`` (bool, in order) a built backbone module classifies correctly
+    through ``heads[task]`` (default the zoo's); what the benchmark's paired bootstrap resamples."""
     names = resolve_tasks(tasks if isinstance(tasks, str) else list(tasks))
     transforms = feature_transforms or {}
     unknown = sorted(set(transforms) - set(names))
@@ -43,8 +44,31 @@ def evaluate_model(
     for task in names:
         data = _limit(zoo.task_data(task).split(split), limit)
         head = heads[task] if heads is not None else zoo.head(task)
-        out[task] = head_accuracy(model, head, data, device=device, feature_transform=transforms.get(task))
+        out[task] = head_correct(model, head, data, device=device, feature_transform=transforms.get(task))
     return out
+
+
+def accuracies(correct: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-task accuracy in [0, 1] (nan for an empty split) of :func:`model_correct`'s output."""
+    return {task: fraction_correct(c) for task, c in correct.items()}
+
+
+def evaluate_model(
+    model: torch.nn.Module, zoo: Zoo, tasks: Iterable[str] | str, split: str = "test", device: str = "cpu",
+    feature_transforms: dict[str, FeatureTransform] | None = None, limit: int | None = None,
+    heads: dict[str, torch.nn.Module] | None = None,
+) -> dict[str, float]:
+    """Per-task accuracy in [0, 1] of an already built backbone module (through ``heads[task]``, default the zoo's)."""
+    return accuracies(model_correct(model, zoo, tasks, split, device, feature_transforms, limit, heads))
+
+
+def backbone_correct(
+    backbone_state_dict: dict[str, torch.Tensor], zoo: Zoo, tasks: Iterable[str] | str, split: str = "test",
+    device: str = "cpu", feature_transforms: dict[str, FeatureTransform] | None = None, *, limit: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`model_correct` of a backbone state dict."""
+    model = backbone_from_state_dict(backbone_state_dict, zoo, device)
+    return model_correct(model, zoo, tasks, split, device, feature_transforms, limit)
 
 
 def evaluate_backbone(
@@ -57,8 +81,7 @@ def evaluate_backbone(
     task's head (data-based MDA's per-task rotations). ``limit`` caps the examples per
     task (quick validation searches).
     """
-    model = backbone_from_state_dict(backbone_state_dict, zoo, device)
-    return evaluate_model(model, zoo, tasks, split, device, feature_transforms, limit)
+    return accuracies(backbone_correct(backbone_state_dict, zoo, tasks, split, device, feature_transforms, limit=limit))
 
 
 def evaluate_folder(

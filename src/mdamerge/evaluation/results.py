@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
-from ..zoo.build import Zoo, default_cache_dir
+from ..zoo.build import Zoo, ZooSettings, default_cache_dir
 from ..zoo.tasks import SUITES, TASKS
 from .bench import BenchResult, mda_option_summary, run_bench
-from .tables import display_name, markdown_table, chosen_params_table, mda_options_table, pct
+from .tables import chosen_params_table, display_name, interval_section, markdown_table, mda_options_table, pct
 
 DEFAULT_SUITES = ("tasks8", "tasks14", "tasks20")
+NO_INTERVALS = ("_No intervals: this suite's saved rows predate the per-example test results that the paired "
+                "bootstrap needs (`make results` records them when it benchmarks the suite again)._\n")
 COMPARED = ("task_arithmetic", "tsv", "iso_cts", "mda")
 
 
@@ -48,6 +50,30 @@ def build_and_bench(suites, methods: str, zoo: Zoo, device: str, val_limit: int 
         results[suite] = run_bench(suite, methods, zoo=zoo, out_dir=default_cache_dir() / "results", device=device,
                                    val_limit=val_limit, progress=True, log=log)
     return results, builds
+
+
+class SavedZoo:
+    """What the page reads of a zoo (settings, pretraining and per-task records), as saved in results.json:
+    lets ``--render-only`` rewrite the page on a machine where that zoo is not built."""
+
+    def __init__(self, settings: ZooSettings, facts: dict):
+        self.settings = settings
+        self.pretrain_record = facts["pretrain"]
+        self.records = facts["tasks"]
+
+
+def zoo_facts(zoo: Zoo, suites) -> dict:
+    """The zoo records the page shows, for results.json (see :class:`SavedZoo`)."""
+    tasks = dict.fromkeys(t for s in suites for t in SUITES[s])
+    return {"pretrain": dict(zoo.pretrain_record), "tasks": {t: zoo.records[t] for t in tasks}}
+
+
+def page_zoo(zoo: Zoo, saved: dict, results: dict[str, BenchResult]) -> Zoo | SavedZoo:
+    """The zoo itself when it holds every task of the saved suites, else its facts saved with the results."""
+    if not any(zoo.missing(s) for s in results) or "zoo" not in saved:
+        return zoo
+    meta = next(iter(results.values())).meta
+    return SavedZoo(ZooSettings.from_dict(meta["zoo_settings"]), saved["zoo"])
 
 
 def recorded_build_seconds(zoo: Zoo, suite: str) -> float:
@@ -192,6 +218,25 @@ def scale_trend_section(page: Path) -> str:
 
 
 TEXT_PAGE = "results_text.md"
+REGIME_PAGES = ("results_text_recipe.md", "results_vision_regime.md")
+REGIME_COMMAND = "python benchmarks/regime.py"
+
+
+def regime_section(docs: Path) -> str:
+    """The recipe comparisons on validation (benchmarks/regime.py: does a zoo's task arithmetic add?), embedded."""
+    intro = ("\n## Regime: do the zoos' task vectors add? (validation only)\n\n"
+             "Fine-tuning gain over the pretrained row and the share of it that task arithmetic and TSV-M recover at "
+             f"their best validation scaling, per fine-tuning recipe; `{REGIME_COMMAND}` regenerates each page "
+             "(its command is on it).\n")
+    parts = [intro]
+    for name in REGIME_PAGES:
+        page = docs / name
+        if not page.is_file():
+            parts.append(f"\n_Not generated yet: {page} is missing._\n")
+            continue
+        lines = page.read_text().splitlines()
+        parts.append(f"\n### {lines[0].lstrip('# ')} ([{name}]({name}))\n\n" + "\n".join(lines[1:]).strip() + "\n")
+    return "".join(parts)
 
 
 def text_section(text_page: Path) -> str:
@@ -237,7 +282,9 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
     ]
     for suite, res in results.items():
         parts += [f"\n## {suite} ({len(res.tasks)} tasks)\n", markdown_table(res),
-                  "\nChosen on validation:\n", chosen_params_table(res)]
+                  "\nChosen on validation:\n", chosen_params_table(res),
+                  f"\nDifferences from TSV-M and task arithmetic on {suite}:\n",
+                  interval_section(res) or NO_INTERVALS]
         mda = mda_options_table(res)
         if mda:
             parts += ["\nMDA option search (best scaling of each option set, validation average %):\n", mda]
@@ -247,6 +294,7 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         parts.append(paper_experiments_section(adaptive_page.parent / PAPER_PAGE))
         parts.append(scale_trend_section(adaptive_page.parent / SCALE_PAGE))
         parts.append(text_section(adaptive_page.parent / TEXT_PAGE))
+        parts.append(regime_section(adaptive_page.parent))
     return "\n".join(parts)
 
 
@@ -277,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = {"started": started, "seconds": round(seconds, 1), "builds": builds,
-             "suites": {s: r.to_dict() for s, r in results.items()}}
+             "suites": {s: r.to_dict() for s, r in results.items()}, "zoo": zoo_facts(zoo, results)}
     out.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
     out.write_text(render(results, zoo, builds, started, seconds, adaptive_page))
     print(f"wrote {out} and {out.with_suffix('.json')}")
@@ -292,7 +340,7 @@ def rerender(out: Path, zoo: Zoo, adaptive_page: Path) -> None:
     if "suites" not in saved:
         raise SystemExit(f"error: {saved_path} predates --render-only (no 'suites' key); run without it")
     results = {s: BenchResult.from_dict(r) for s, r in saved["suites"].items()}
-    out.write_text(render(results, zoo, saved["builds"], saved["started"], saved["seconds"], adaptive_page))
+    out.write_text(render(results, page_zoo(zoo, saved, results), saved["builds"], saved["started"], saved["seconds"], adaptive_page))
     print(f"wrote {out}")
 
 

@@ -25,6 +25,53 @@ def display_name(name: str) -> str:
     return DISPLAY_NAMES.get(name, name)
 
 
+def gap_recovered(result: "BenchResult", name: str) -> float:
+    """(method - pretrained) / (fine-tuned - pretrained), on the test averages."""
+    pre, ft = result.row("pretrained").average, result.finetuned.average
+    return (result.row(name).average - pre) / (ft - pre) if ft != pre else float("nan")
+
+
+def format_interval(interval) -> str:
+    """``+1.2 [+0.3, +2.1]`` in points; bold when the interval excludes 0 (the difference is resolved)."""
+    text = f"{100 * interval.diff:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
+    return f"**{text}**" if interval.resolved else text
+
+
+def interval_table(result: "BenchResult") -> str:
+    """Each method's share of the pretrained-to-fine-tuned gap and its difference from TSV-M and from task
+    arithmetic with the paired bootstrap 95% interval; empty when the rows kept no per-example results."""
+    intervals = result.intervals()
+    refs = [r for r in ("tsv", "task_arithmetic") if any(r in per for per in intervals.values())]
+    if not refs:
+        return ""
+    lines = [_md_row(["Method", "Avg", "Gap recovered %", *[f"minus {display_name(r)} (95% CI, points)" for r in refs]]),
+             _md_row(["---", "---:", "---:", *["---:"] * len(refs)])]
+    for r in result.rows:
+        if r.kind == "reference" or r.name not in intervals:
+            continue
+        cells = [format_interval(intervals[r.name][ref]) if ref in intervals[r.name] else "-" for ref in refs]
+        lines.append(_md_row([display_name(r.name), pct(r.average), pct(gap_recovered(result, r.name)), *cells]))
+    return "\n".join(lines) + "\n"
+
+
+def interval_statements(result: "BenchResult") -> list[str]:
+    """Plain sentences: which differences from TSV-M and from task arithmetic stand outside their intervals."""
+    intervals = result.intervals()
+    out = []
+    for ref in ("tsv", "task_arithmetic"):
+        pairs = [(r.name, intervals[r.name][ref]) for r in result.rows
+                 if r.kind != "reference" and ref in intervals.get(r.name, {})]
+        if not pairs:
+            continue
+        above = [f"{display_name(n)} ({100 * i.diff:+.1f})" for n, i in pairs if i.resolved and i.diff > 0]
+        below = [f"{display_name(n)} ({100 * i.diff:+.1f})" for n, i in pairs if i.resolved and i.diff < 0]
+        within = [display_name(n) for n, i in pairs if not i.resolved]
+        out.append(f"- Against {display_name(ref)} on {result.suite}: resolved above: {', '.join(above) or 'none'}; "
+                   f"resolved below: {', '.join(below) or 'none'}; not resolved (interval includes 0): "
+                   f"{', '.join(within) or 'none'}.")
+    return out
+
+
 def format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) if params else ""
 
@@ -75,6 +122,20 @@ def mda_options_table(result: "BenchResult") -> str:
     return "\n".join(lines) + "\n"
 
 
+INTERVAL_NOTE = ("Differences of average test accuracy in points, with a paired bootstrap 95% interval over test "
+                 "examples (2000 seeded resamples of each task's test examples, the same for both rows); **bold** = "
+                 "the interval excludes 0. One fine-tuning seed: the intervals cover test-set noise, not "
+                 "fine-tuning noise.\n")
+
+
+def interval_section(result: "BenchResult") -> str:
+    """The interval table with its note and plain statements ('' without per-example results)."""
+    table = interval_table(result)
+    if not table:
+        return ""
+    return INTERVAL_NOTE + "\n" + table + "\n" + "\n".join(interval_statements(result)) + "\n"
+
+
 def seen_unseen_table(result: "BenchResult") -> str:
     """Average test accuracy over the merged tasks and over the held-out ones (``--unseen``)."""
     if not result.unseen:
@@ -96,6 +157,9 @@ def markdown_report(result: "BenchResult") -> str:
         "merged / individually fine-tuned accuracy (%).\n",
         markdown_table(result),
     ]
+    intervals = interval_section(result)
+    if intervals:
+        parts += ["\n## Differences from TSV-M and task arithmetic\n", intervals]
     if result.unseen:
         parts += ["\n## Generalisation: merged on the seen tasks, tested on all\n", seen_unseen_table(result)]
     parts += [

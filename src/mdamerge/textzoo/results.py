@@ -1,12 +1,15 @@
 """Regenerate ``docs/results_text.md``: the text benchmark on all-MiniLM-L6-v2 (``make results`` runs it).
 
-Builds the text zoo (timed, with the machine's load), runs every method (data-free with
-validation-chosen settings, then the data-based ones), and writes the table, the share of
-the pretrained-to-fine-tuned gap each method recovers, the task list with class balance,
-and a comparison with the vision zoo's ``tasks8`` (from ``docs/results.json`` and the
-vision zoo's checkpoints when they are built). ``docs/results.md`` embeds the page.
+Builds the text zoo of a recipe (``additive`` by default, in ``CACHE/textzoo-additive``;
+timed, with the machine's load), runs every method (data-free with validation-chosen
+settings, then the data-based ones), and writes the table, the share of the
+pretrained-to-fine-tuned gap each method recovers with each method's difference from TSV-M
+and task arithmetic and its paired bootstrap interval, the task list with class balance, a
+comparison with the vision zoo's ``tasks8`` (from ``docs/results.json`` and the vision zoo's
+checkpoints when they are built), and one paragraph on the stored recipe's run before
+(``docs/results_text_stored.json``). ``docs/results.md`` embeds the page.
 
-    python -m mdamerge.textzoo.results [--suite text8] [--methods all] [--render-only]
+    python -m mdamerge.textzoo.results [--suite text8] [--recipe additive] [--methods all] [--render-only]
 """
 
 from __future__ import annotations
@@ -21,16 +24,20 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.bench import BenchResult, adaptive_methods, resolve_methods, run_bench
-from ..evaluation.tables import chosen_params_table, display_name, markdown_table, pct
+from ..evaluation.bench import MDA_OPTIONS, BenchResult, adaptive_methods, resolve_methods, run_bench
+from ..evaluation.tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, pct
 from ..zoo.build import Zoo, default_cache_dir
 from ..zoo.tasks import SUITES
-from .build import TextZoo
+from .build import TEXT_RECIPES, TextZoo, recipe_subdir
 from .tasks import TEXT_TASKS
 
 PAGE = "results_text.md"
+STORED_PAGE_JSON = "results_text_stored.json"  # the stored recipe's text8 run (lr 3e-4, 80 steps), kept for comparison
 VISION_SUITE = "tasks8"
-COMMAND = "python -m mdamerge.textzoo.results --suite text8 --methods all"
+COMMAND = "python -m mdamerge.textzoo.results --suite text8 --methods all"  # pages saved before "command" was
+POOLING_TEXT = {"mean": "features = attention-masked mean of the last hidden states",
+                "cls": "features = BERT's pooler output (tanh dense layer on the [CLS] state), what "
+                       "BertForSequenceClassification feeds its classifier"}
 
 
 def _load() -> str:
@@ -38,12 +45,6 @@ def _load() -> str:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
-
-
-def gap_recovered(result: BenchResult, name: str) -> float:
-    """(method - pretrained) / (fine-tuned - pretrained), on the test averages."""
-    pre, ft = result.row("pretrained").average, result.finetuned.average
-    return (result.row(name).average - pre) / (ft - pre) if ft != pre else float("nan")
 
 
 def task_vector_cosines(zoo: Zoo, tasks: list[str]) -> dict[str, float]:
@@ -67,7 +68,7 @@ def base_norm(base: dict[str, torch.Tensor]) -> float:
 
 
 def build_and_bench(suite: str, methods: str, zoo: TextZoo, device: str, val_limit: int | None, log,
-                    jobs: int = 1) -> dict:
+                    jobs: int = 1, method_options: dict | None = None) -> dict:
     """Build the zoo (timed), then benchmark; ``jobs=2`` runs the data-free and the data-based
     methods in two processes (one torch thread each) and joins their rows."""
     load_before = _load()
@@ -81,7 +82,7 @@ def build_and_bench(suite: str, methods: str, zoo: TextZoo, device: str, val_lim
     adaptive = adaptive_methods()
     halves = [[m for m in names if m not in adaptive], [m for m in names if m in adaptive]]
     halves = [h for h in halves if h]
-    args = [(suite, h, str(zoo.root), device, val_limit) for h in halves]
+    args = [(suite, h, str(zoo.root), device, val_limit, method_options) for h in halves]
     if jobs > 1 and len(halves) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -97,9 +98,9 @@ def build_and_bench(suite: str, methods: str, zoo: TextZoo, device: str, val_lim
 
 
 def _bench_part(args) -> dict:
-    suite, methods, root, device, val_limit = args
+    suite, methods, root, device, val_limit, method_options = args
     result = run_bench(suite, methods, zoo=TextZoo(root), device=device, val_limit=val_limit, progress=False,
-                       log=lambda m: print(m, flush=True), threads=1)
+                       log=lambda m: print(m, flush=True), threads=1, method_options=method_options)
     return result.to_dict()
 
 
@@ -200,7 +201,7 @@ def build_sentence(suite: str, build: dict, recorded: float) -> str:
     return text + "\n"
 
 
-def render(saved: dict, zoo: TextZoo, vision: dict) -> str:
+def render(saved: dict, zoo: TextZoo, vision: dict, stored: dict | None = None) -> str:
     result = BenchResult.from_dict(saved["result"])
     vres = BenchResult.from_dict(vision["result"]) if "result" in vision else None
     build, s = saved["build"], zoo.settings
@@ -209,11 +210,11 @@ def render(saved: dict, zoo: TextZoo, vision: dict) -> str:
     cos_text = saved.get("cosines") or task_vector_cosines(zoo, result.tasks)
     parts = [
         f"# Text benchmark: all-MiniLM-L6-v2 on {result.suite}\n",
-        f"Generated by `{COMMAND}` (part of `make results`); do not edit by hand.\n",
+        f"Generated by `{saved.get('command', COMMAND)}` (part of `make results`); do not edit by hand.\n",
         f"Run started {saved['started']}; torch {torch.__version__}, 1 torch thread, {os.cpu_count()} CPUs "
         f"({platform.machine()}), shared with other jobs (load averages below).\n",
         f"Encoder: {s.encoder} ({zoo.pretrain_record.get('num_parameters')} parameters), sentences cut to "
-        f"{s.max_length} tokens, features = attention-masked mean of the last hidden states. Per task (FusionBench's "
+        f"{s.max_length} tokens, {POOLING_TEXT[s.pooling]}. Per task (FusionBench's "
         f"GLUE protocol): a linear probe is fitted on the frozen pretrained features ({s.probe_steps} full-batch Adam "
         f"steps); then the whole encoder and a head initialised from the probe are fine-tuned together "
         f"({ft.steps} steps, batch {ft.batch_size}, AdamW lr {ft.lr}, weight decay {ft.weight_decay}, "
@@ -228,15 +229,20 @@ def render(saved: dict, zoo: TextZoo, vision: dict) -> str:
         "\nSplits: a seeded hash of each normalised text puts it in train (70%), val (10%) or test (20%); a pair goes "
         "where both its texts go (else it is dropped), so no test or validation text of any task occurs in any "
         "task's training data; each split is then sampled class-balanced (round robin over the classes while they "
-        "last; only noun.Tops, noun.motive-sized classes and verb.weather run short).\n",
+        "last; the table's min-max column shows the classes that run short).\n",
         f"## Results ({len(result.tasks)} tasks, test accuracy %)\n",
         f"Benchmark time {saved['bench_seconds'] / 60:.0f} min in {saved.get('jobs', 1)} process(es) "
         f"(load average after: {saved['bench_load_after']}); validation searches use the first "
         f"{result.meta.get('val_limit') or 'all'} validation examples of each task. "
         "**Avg** = mean over tasks; **Norm.** = mean of merged / fine-tuned accuracy.\n",
         markdown_table(result),
+        ("" if not saved.get("mda_options") else
+         f"\nMDA's options were fixed (`{saved['mda_options']}`, the winner of the stored text8's validation search) "
+         "to fit the CPU budget; only its scaling was chosen on validation here.\n"),
         "\nChosen on validation:\n",
         chosen_params_table(result),
+        "\n## Differences from TSV-M and task arithmetic\n",
+        interval_section(result) or "_The saved rows predate per-example results; no intervals._\n",
         "\n## Share of the pretrained-to-fine-tuned gap recovered\n",
         "(method avg - pretrained avg) / (fine-tuned avg - pretrained avg), test averages"
         + (f"; the vision zoo's {VISION_SUITE} from [results.md](results.md) beside it.\n" if vres else ".\n"),
@@ -244,12 +250,53 @@ def render(saved: dict, zoo: TextZoo, vision: dict) -> str:
         "\n## Compared with the vision zoo\n",
         comparison(result, vres, cos_text, vision.get("cosines")),
     ]
+    if stored:
+        parts += ["\n## Before: the stored recipe\n", stored_paragraph(stored)]
     return "\n".join(parts)
+
+
+def stored_paragraph(saved: dict) -> str:
+    """One paragraph of the stored recipe's text8 figures (its saved page JSON), so the change of regime shows."""
+    res = BenchResult.from_dict(saved["result"])
+    ft = res.meta.get("zoo_settings", {}).get("finetune", {})
+    free = [r for r in res.rows if r.kind == "data-free"]
+    best = max(free, key=lambda r: r.average)
+    based = [r for r in res.rows if r.kind == "data-based"]
+    pre = res.row("pretrained").average
+    text = (f"The text8 of before ({ft.get('steps')} steps at lr {ft.get('lr')}, "
+            f"{res.meta.get('zoo_settings', {}).get('pooling', 'mean')} pooling, "
+            f"{res.meta.get('zoo_settings', {}).get('test_size')} test examples per task; [{STORED_PAGE_JSON}]"
+            f"({STORED_PAGE_JSON})): fine-tuning gained {100 * (res.finetuned.average - pre):.1f} points over the probe; "
+            f"validation chose task arithmetic's scaling {res.row('task_arithmetic').params.get('scaling')} "
+            f"({pct(gap_recovered(res, 'task_arithmetic'), 0)}% of the gap); the best data-free merge, "
+            f"{display_name(best.name)}, recovered {pct(gap_recovered(res, best.name), 0)}%")
+    if based:
+        below = sum(r.average < pre for r in based)
+        text += f"; {below} of {len(based)} data-based methods ended below the pretrained row"
+    return text + ".\n"
+
+
+def mda_method_options(text: str | None) -> dict | None:
+    """``etf_side=both,etf_over=tasks,polar=true`` -> ``{"mda": {...}}`` for run_bench (None: search them)."""
+    if not text:
+        return None
+    options = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() not in MDA_OPTIONS:
+            raise SystemExit(f"error: unknown MDA option '{key.strip()}'; options: {', '.join(MDA_OPTIONS)}")
+        allowed = {str(v).lower(): v for v in MDA_OPTIONS[key.strip()]}
+        if value.strip().lower() not in allowed:
+            raise SystemExit(f"error: MDA option {key.strip()} takes {', '.join(allowed)}, not '{value.strip()}'")
+        options[key.strip()] = allowed[value.strip().lower()]
+    return {"mda": options}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="text8")
+    parser.add_argument("--recipe", default="additive", choices=list(TEXT_RECIPES),
+                        help="the zoo's recipe (textzoo/build.py TEXT_RECIPES); a zoo already built keeps its own")
     parser.add_argument("--methods", default="all")
     parser.add_argument("--cache", default=None, help="cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge)")
     parser.add_argument("--device", default="cpu")
@@ -257,21 +304,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="2: data-free and data-based methods in two processes")
     parser.add_argument("--out", default=f"docs/{PAGE}")
     parser.add_argument("--render-only", action="store_true", help="rewrite the page from its saved JSON")
+    parser.add_argument("--mda-options", default=None,
+                        help="fix MDA's options instead of searching them on validation, e.g. "
+                             "etf_side=both,etf_over=tasks,polar=true (a CPU budget; stated on the page)")
     args = parser.parse_args(argv)
     cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
-    zoo = TextZoo(cache / TextZoo.SUBDIR)
+    root = cache / recipe_subdir(args.recipe)
+    zoo = TextZoo(root, settings=None if (root / "zoo.json").exists() else TEXT_RECIPES[args.recipe])
     out = Path(args.out)
     saved_path = out.with_suffix(".json")
     if args.render_only:
         saved = json.loads(saved_path.read_text())
     else:
         started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        saved = {"started": started, **build_and_bench(args.suite, args.methods, zoo, args.device,
-                                                          args.val_limit or None, log=print, jobs=args.jobs)}
+        command = (f"python -m mdamerge.textzoo.results --suite {args.suite} --recipe {args.recipe} "
+                   f"--methods {args.methods}" + (f" --mda-options {args.mda_options}" if args.mda_options else ""))
+        saved = {"started": started, "command": command, "mda_options": args.mda_options, **build_and_bench(args.suite, args.methods, zoo, args.device,
+                                                          args.val_limit or None, log=print, jobs=args.jobs,
+                                                          method_options=mda_method_options(args.mda_options))}
         saved["cosines"] = task_vector_cosines(zoo, saved["result"]["tasks"])
         out.parent.mkdir(parents=True, exist_ok=True)
         saved_path.write_text(json.dumps(saved, indent=1) + "\n")
-    out.write_text(render(saved, zoo, vision_reference(out.parent, cache)))
+    stored_path = out.parent / STORED_PAGE_JSON
+    stored = json.loads(stored_path.read_text()) if stored_path.is_file() and stored_path != saved_path else None
+    out.write_text(render(saved, zoo, vision_reference(out.parent, cache), stored))
     print(f"wrote {out} and {saved_path}")
 
 

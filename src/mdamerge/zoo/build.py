@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -245,6 +246,22 @@ class Zoo:
 
     def has_base(self) -> bool:
         return (self.base_dir / "model.safetensors").exists()
+
+    def adopt_base(self, donor: "Zoo") -> None:
+        """Use ``donor``'s pretrained backbone (copied) instead of pretraining again: for zoos that differ
+        only in their fine-tuning recipe. Refused unless everything that shapes the backbone agrees."""
+        keys = ("model", "pretrain", "pretrain_images", "data_seed")
+        mine, theirs = self.settings.to_dict(), donor.settings.to_dict()
+        differ = [k for k in keys if mine.get(k) != theirs.get(k)]
+        if differ:
+            raise ConfigError(f"zoo at {donor.root} pretrained with other settings ({', '.join(differ)}); cannot adopt its backbone")
+        if not donor.has_base():
+            raise CheckpointError(f"zoo at {donor.root} has no pretrained backbone yet")
+        with OutputFolder(self.base_dir, overwrite=True) as tmp:
+            for f in donor.base_dir.iterdir():
+                shutil.copy2(f, tmp / f.name)
+        self._state["pretrain"] = {**donor.pretrain_record, "adopted_from": str(donor.root)}
+        self._save_state()
 
     def is_built(self, task: str) -> bool:
         return (

@@ -172,20 +172,31 @@ def finetune_backbone(
 
 
 @torch.no_grad()
-def head_accuracy(
+def head_correct(
     backbone: nn.Module, head: nn.Linear, split: tuple[torch.Tensor, torch.Tensor], batch_size: int = 500,
     device: str | torch.device = "cpu", feature_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> float:
-    """Fraction of ``split`` that ``head(transform(backbone(x)))`` classifies correctly."""
+) -> torch.Tensor:
+    """Per example of ``split`` (bool, in order): does ``head(transform(backbone(x)))`` classify it correctly?"""
     x, y = split
-    if len(y) == 0:
-        return float("nan")
     backbone.eval()
     head = head.to(device)
-    correct = 0
+    out = []
     for i in range(0, len(x), batch_size):
         feats = backbone(x[i:i + batch_size].to(device))
         if feature_transform is not None:
             feats = feature_transform(feats)
-        correct += int((head(feats).argmax(dim=1).cpu() == y[i:i + batch_size]).sum())
-    return correct / len(y)
+        out.append(head(feats).argmax(dim=1).cpu() == y[i:i + batch_size])
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def head_accuracy(
+    backbone: nn.Module, head: nn.Linear, split: tuple[torch.Tensor, torch.Tensor], batch_size: int = 500,
+    device: str | torch.device = "cpu", feature_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """Fraction of ``split`` that ``head(transform(backbone(x)))`` classifies correctly (nan when empty)."""
+    return fraction_correct(head_correct(backbone, head, split, batch_size, device, feature_transform))
+
+
+def fraction_correct(correct: torch.Tensor) -> float:
+    """Accuracy of a per-example correctness vector (nan when empty); counts as integers, as before."""
+    return int(correct.sum()) / len(correct) if len(correct) else float("nan")
