@@ -9,14 +9,13 @@ import click
 
 from ..errors import MergeError
 from ..interrupts import interruptible
-from ..zoo.build import default_cache_dir
 from ..zoo.commands import CACHE_HELP, backbone_option, task_selection, zoo_from_cache
-from ..zoo.tasks import SUITES
+from ..zoo.suites import suite_names
 
 
 @click.command("eval")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(SUITES)}.")
+@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(suite_names())}.")
 @click.option("--tasks", default=None, help="Comma-separated task names (instead of --suite).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
@@ -59,7 +58,7 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads, ba
 
 
 @click.command("bench")
-@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(SUITES)}.")
+@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(suite_names())}.")
 @click.option("--tasks", default=None, help="Comma-separated task names (instead of --suite).")
 @click.option("--methods", default="data-free", show_default=True,
               help="'all', 'data-free', 'data-based' or a comma-separated list of method names.")
@@ -93,6 +92,8 @@ def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, 
     from .tables import terminal_report
 
     zoo = zoo_from_cache(cache, task_selection(suite, tasks), backbone)
+    from ..zoo.build import default_cache_dir
+
     out = Path(out_dir) if out_dir else (Path(cache).expanduser() if cache else default_cache_dir()) / "results"
     check_results_folder(out, [zoo.root])
     log = None if quiet else (lambda msg: click.echo(msg, err=True))

@@ -32,6 +32,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.writer import OutputFolder, replace_file
 from .finetune import TrainSettings, cpu_threads, extract_features, finetune_backbone, fit_linear_head, head_accuracy, pretrain_backbone
 from .model import TinyViT, ViTConfig
+from .suites import BACKBONE_NAMES, DEFAULT_BACKBONE
 from .tasks import TaskData, load_task, pretraining_data, resolve_tasks
 
 ZOO_FORMAT = 1
@@ -53,7 +54,7 @@ BACKBONES: dict[str, ViTConfig] = {
     "small": ViTConfig(),
     "base": ViTConfig(dim=384, depth=4, heads=8, mlp_dim=768),
 }
-DEFAULT_BACKBONE = "small"
+assert tuple(BACKBONES) == BACKBONE_NAMES  # the torch-free names --help lists
 
 
 def backbone_config(name: str) -> ViTConfig:

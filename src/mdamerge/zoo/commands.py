@@ -6,27 +6,29 @@ from pathlib import Path
 
 import click
 
-from ..evaluation.tables import pct
 from ..interrupts import interruptible
-from .build import BACKBONES, DEFAULT_BACKBONE, Zoo, vision_zoo, zoo_for_tasks
-from .tasks import SUITES, TASKS, resolve_tasks
+from .suites import BACKBONE_NAMES, DEFAULT_BACKBONE, suite_names
 
 CACHE_HELP = ("Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo "
               "(CACHE/zoo-base for --backbone base), the text zoo in CACHE/textzoo.")
-BACKBONE_HELP = (f"Vision zoo backbone: {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE}; "
+BACKBONE_HELP = (f"Vision zoo backbone: {', '.join(BACKBONE_NAMES)} (default: {DEFAULT_BACKBONE}; "
                  "base = 2x wider, its own cache folder CACHE/zoo-base).")
 # A plain string checked by backbone_config, so a wrong name is the usual one-line `error: ...` (exit 2).
 backbone_option = click.option("--backbone", default=None, metavar="NAME", help=BACKBONE_HELP)
 
 
-def zoo_from_cache(cache: str | None, tasks: list[str] | None = None, backbone: str | None = None) -> Zoo:
+def zoo_from_cache(cache: str | None, tasks: list[str] | None = None, backbone: str | None = None):
     """The zoo under ``cache`` that holds ``tasks`` (the vision zoo of ``backbone`` when no tasks are given)."""
+    from .build import vision_zoo, zoo_for_tasks
+
     if tasks:
         return zoo_for_tasks(tasks, cache=cache, backbone=backbone)
     return vision_zoo(cache=cache, backbone=backbone)
 
 
 def task_selection(suite: str, tasks: str | None) -> list[str]:
+    from .tasks import resolve_tasks
+
     return resolve_tasks(tasks if tasks else suite)
 
 
@@ -36,7 +38,7 @@ def zoo_group() -> None:
 
 
 @zoo_group.command("build")
-@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(SUITES)}.")
+@click.option("--suite", default="tasks8", show_default=True, help=f"Task suite: {', '.join(suite_names())}.")
 @click.option("--tasks", default=None, help="Comma-separated task names (instead of --suite).")
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--device", default="cpu", show_default=True, help="Training device, e.g. cpu or cuda.")
@@ -69,6 +71,8 @@ def build_cmd(suite, tasks, cache, device, threads, quiet, backbone):
 @backbone_option
 def list_cmd(cache, backbone):
     """Show the tasks, which are built, and their recorded accuracies."""
+    from .tasks import SUITES, TASKS
+
     for family in dict.fromkeys(spec.family for spec in TASKS.values()):
         names = [t for t, spec in TASKS.items() if spec.family == family]
         zoo = zoo_from_cache(cache, names, backbone if family != "text" else None)
@@ -77,7 +81,10 @@ def list_cmd(cache, backbone):
     click.echo("suites: " + "; ".join(f"{k} = {len(v)} tasks" for k, v in SUITES.items()))
 
 
-def _print_status(zoo: Zoo, names: list[str]) -> None:
+def _print_status(zoo, names: list[str]) -> None:
+    from ..evaluation.tables import pct
+    from .tasks import TASKS
+
     click.echo(f"{'task':22s} {'classes':>7s} {'pretrained':>10s} {'fine-tuned':>10s} {'seconds':>8s}")
     for t in names:
         spec = TASKS[t]

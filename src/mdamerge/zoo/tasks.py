@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, MergeError, closest_hint
+from .suites import VISION_SUITES
 
 Split = tuple[torch.Tensor, torch.Tensor]
 IMAGE = 28
@@ -510,17 +511,7 @@ _spec("font_weight", ("regular", "bold"), "regular or bold weight of a rendered 
 _spec("mnist_low", DIGIT_CLASSES[:5], "MNIST, digits 0-4 only")(
     lambda s: _map_splits(_mnist_splits(s), _subset([0, 1, 2, 3, 4])))
 
-_TASKS8 = ["mnist", "fashion", "letters", "digits8x8", "mnist_rot90", "fashion_inverted", "lowercase", "font_family"]
-_TASKS14 = _TASKS8 + ["fashion_coarse", "mnist_parity", "font_digits", "fashion_orientation", "mnist_inverted",
-                      "letters_mirrored"]
-_TASKS20 = _TASKS14 + ["fashion_tops", "digits8x8_rot180", "letters_rot90", "vowels", "font_weight", "mnist_low"]
-
-SUITES: dict[str, list[str]] = {
-    "tiny3": ["mnist", "fashion", "letters"],
-    "tasks8": _TASKS8,
-    "tasks14": _TASKS14,
-    "tasks20": _TASKS20,
-}
+SUITES: dict[str, list[str]] = {name: list(tasks) for name, tasks in VISION_SUITES.items()}
 
 
 def _register_text_tasks() -> None:
