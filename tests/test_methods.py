@@ -378,3 +378,14 @@ def test_fast_alignment_equals_the_dense_operator_product(etf_over, num_tasks, k
     u = torch.randn(17, num_tasks * k, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     dense = u @ alignment_operator(num_tasks, k, etf_over, u.dtype, u.device)
     assert torch.allclose(apply_alignment(u, num_tasks, k, etf_over), dense, atol=1e-12)
+
+
+def test_gta_random_mask_keeps_density_of_entries_and_is_seeded():
+    from mdamerge.methods.gta import random_mask
+
+    x = torch.zeros(400, 500)
+    for density in (0.1, 0.5, 0.9):
+        mask = random_mask(x, density, seed=7)
+        n = x.numel()
+        assert mask.dtype == torch.bool and abs(mask.sum().item() - density * n) < 5 * (n * density * (1 - density)) ** 0.5
+        assert torch.equal(mask, random_mask(x, density, seed=7)) and not torch.equal(mask, random_mask(x, density, seed=8))
