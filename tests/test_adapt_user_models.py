@@ -214,6 +214,7 @@ def test_saved_dataset_folder_and_image_folder(tmp_path):
     ("notclassifier", "are not a sequence or image classifier"),
     ("device", "unknown device 'banana'"),
     ("pairs", "'column' must be a column name, 'columns' a list of one or two"),
+    ("modeltype", "is a roberta classifier, 'sent' a bert one: they cannot share a backbone"),
 ])
 def test_bad_data_is_one_line_and_writes_nothing(bert_models, tmp_path, case, expected):
     config = yaml.safe_load(write_config(bert_models, "adamerging_task", {"steps": 1, "batch_size": 4}).read_text())
@@ -237,6 +238,13 @@ def test_bad_data_is_one_line_and_writes_nothing(bert_models, tmp_path, case, ex
         extra = ["--device", "banana"]
     elif case == "pairs":
         config["models"][0]["data"] = {"path": "sent.txt", "columns": ["a", "b", "c"]}
+    elif case == "modeltype":
+        import shutil
+
+        shutil.copytree(bert_models / "ft_topic", tmp_path / "other")
+        other = json.loads((tmp_path / "other" / "config.json").read_text())
+        (tmp_path / "other" / "config.json").write_text(json.dumps({**other, "model_type": "roberta"}))
+        config["models"][1]["path"] = str(tmp_path / "other")
     path = bert_models / f"bad_{case}.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "out"

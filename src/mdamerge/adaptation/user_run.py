@@ -78,13 +78,17 @@ def classifier_problem(cfg: UserAdaptConfig, unlabeled: dict[str, Examples], bas
     kinds = {m.name: classifier_kind(configs[m.name], f"fine-tuned model '{m.name}' ({m.path})") for m in cfg.models}
     if len(set(kinds.values())) > 1:
         raise MergeError("the fine-tunes mix text and image classifiers: " + ", ".join(f"{t}: {k}" for t, k in kinds.items()))
-    kind = kinds[cfg.models[0].name]
+    first = cfg.models[0]
+    other = next((m.name for m in cfg.models if configs[m.name].get("model_type") != configs[first.name].get("model_type")), None)
+    if other:  # before any weights are read
+        raise MergeError(f"fine-tuned model '{other}' is a {configs[other].get('model_type')} classifier, "
+                         f"'{first.name}' a {configs[first.name].get('model_type')} one: they cannot share a backbone")
+    kind = kinds[first.name]
     data_kind = "image" if kind == "image" else "text"
     wrong = next((t for t, e in unlabeled.items() if e.kind != data_kind), None)
     if wrong:
         raise MergeError(f"data of '{wrong}' holds {unlabeled[wrong].kind}s ({unlabeled[wrong].source}), but the models "
                          f"are {kind} classifiers")
-    first = cfg.models[0]
     shape_only = build_model(first.path, kind, meta=True)  # the size, before any weights are read
     check_memory(sum(p.numel() for p in getattr(shape_only, backbone_attribute(shape_only)).parameters()),
                  len(cfg.models), max_memory)
@@ -97,11 +101,6 @@ def classifier_problem(cfg: UserAdaptConfig, unlabeled: dict[str, Examples], bas
     names = [n for n, p in module.named_parameters() if p.is_floating_point()]
     base = base_backbone(cfg.base_model, attr + ".", names, [n for n, _ in module.named_buffers()])
     loaded = {m.name: load_classifier(m.name, m.path, configs[m.name], kind, attr) for m in cfg.models}
-    for m in cfg.models:
-        other = classifier_kind(configs[m.name], m.name)
-        if configs[m.name].get("model_type") != configs[first.name].get("model_type") or other != kind:
-            raise MergeError(f"fine-tuned model '{m.name}' is a {configs[m.name].get('model_type')} classifier, "
-                             f"'{first.name}' a {configs[first.name].get('model_type')} one: they cannot share a backbone")
     heads = {t: head_model(c.folder, kind, layout, c.head, f"fine-tuned model '{t}'") for t, c in loaded.items()}
     inputs = {t: encode(e) for t, e in unlabeled.items()}
     problem = AdaptationProblem(module, base, {t: c.backbone for t, c in loaded.items()}, heads, inputs)
@@ -192,11 +191,13 @@ def accuracy_table(rows: dict[str, dict[str, float]]) -> str:
     """Markdown table: one row per model, one column per task, the average and the normalised average."""
     tasks = list(rows["merged"])
     lines = ["| model | " + " | ".join(tasks) + " | avg | normalised |", "|---" * (len(tasks) + 3) + "|"]
+    from ..evaluation.evaluate import average, normalized
+
     tuned = rows.get("finetuned", {})
     for row, acc in rows.items():
-        avg = sum(acc.values()) / len(acc)
-        norm = sum(acc[t] / tuned[t] for t in tasks if tuned.get(t)) / len(tasks) if tuned else float("nan")
-        lines.append(f"| {row} | " + " | ".join(f"{100 * acc[t]:.1f}" for t in tasks) + f" | {100 * avg:.1f} | {100 * norm:.1f} |")
+        norm = average(normalized(acc, tuned))
+        lines.append(f"| {row} | " + " | ".join(f"{100 * acc[t]:.1f}" for t in tasks)
+                     + f" | {100 * average(acc):.1f} | {100 * norm:.1f} |")
     return "\n".join(lines)
 
 
