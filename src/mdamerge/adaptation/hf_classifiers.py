@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, MergeError
+from ..textzoo.model import in_length_order  # the text zoo's chunking: both compute the same numbers
 
 HEAD_KINDS = {"ForSequenceClassification": "text", "ForImageClassification": "image"}
-CHUNK = 64  # examples per forward inside a batch (see in_length_order)
 
 
 class _Captured(Exception):
@@ -147,17 +147,6 @@ def _recorder(order: list[str], name: str, captured: dict):
         if args and torch.is_tensor(args[0]):
             captured.setdefault(name, args[0].detach())
     return hook
-
-
-def in_length_order(x: torch.Tensor, lengths: torch.Tensor, run, chunk: int = CHUNK) -> torch.Tensor:
-    """``run`` over chunks of at most ``chunk`` examples taken in order of length, results in input order:
-    each chunk is trimmed to its own longest example (as the text zoo's encoder does, so that both
-    compute the same numbers), and activations stay small for large batches."""
-    if len(x) <= chunk:
-        return run(x)
-    order = torch.argsort(lengths, stable=True)
-    out = torch.cat([run(x[order[i:i + chunk]]) for i in range(0, len(x), chunk)])
-    return out[torch.argsort(order)]
 
 
 def model_inputs(model, kind: str, x: torch.Tensor) -> dict[str, torch.Tensor]:

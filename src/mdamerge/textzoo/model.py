@@ -35,6 +35,16 @@ from ..errors import CheckpointError, ConfigError
 CHUNK = 64
 
 
+def in_length_order(x: torch.Tensor, lengths: torch.Tensor, run, chunk: int = CHUNK) -> torch.Tensor:
+    """``run`` over chunks of at most ``chunk`` examples taken in order of length, results in input
+    order (each chunk is then trimmed to its own longest example by ``run``)."""
+    if len(x) <= chunk:
+        return run(x)
+    order = torch.argsort(lengths, stable=True)
+    out = torch.cat([run(x[order[i:i + chunk]]) for i in range(0, len(x), chunk)])
+    return out[torch.argsort(order)]
+
+
 def encode_inputs(tokenizer, texts: list[tuple[str, ...]], max_length: int) -> torch.Tensor:
     """``(N, 2, max_length)`` int64 tensor of token ids and token type ids for single texts or pairs."""
     if not texts:
@@ -80,13 +90,7 @@ def _encoder_classes():
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102  (see class docstring)
             if x.ndim != 3 or x.shape[1] != 2:
                 raise ValueError(f"expected (batch, 2, length) token ids and types, got shape {tuple(x.shape)}")
-            if len(x) <= CHUNK:
-                return self._pooled(x)
-            lengths = (x[:, 0] != self.config.pad_token_id).sum(1)
-            order = torch.argsort(lengths, stable=True)
-            parts = [self._pooled(x[order[i:i + CHUNK]]) for i in range(0, len(x), CHUNK)]
-            out = torch.cat(parts)
-            return out[torch.argsort(order)]
+            return in_length_order(x, (x[:, 0] != self.config.pad_token_id).sum(1), self._pooled)
 
         def _pooled(self, x: torch.Tensor) -> torch.Tensor:
             ids, types = x[:, 0], x[:, 1]
