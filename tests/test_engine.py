@@ -162,6 +162,40 @@ def test_non_finite_weights_are_rejected_without_output(toy_models, tmp_path, ba
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft0", "ft1", "ft2", "nan"]
 
 
+@pytest.mark.parametrize("method, params, weight", [
+    ("average", {}, 1.0), ("task_arithmetic", {}, 0.0), ("gta", {}, 0.0),  # dense: only the merged tensor is checked
+    ("ties", {}, 1.0), ("gta", {"sparsify": "random", "density": 0.5}, 1.0)])  # masks could hide it: inputs checked
+@pytest.mark.parametrize("where", ["base", "model"])
+def test_a_non_finite_input_is_named_whether_or_not_the_method_checks_its_inputs(toy_models, tmp_path, method, params,
+                                                                                 weight, where):
+    """Dense linear merges skip the per-input checks and look for the culprit only when the merged
+    tensor is not finite: a NaN still names its file, even under a weight of 0 (0 x NaN is NaN)."""
+    sd = dict(toy_models["base"] if where == "base" else toy_models["fts"][2])
+    sd["layers.0.mlp.weight"] = sd["layers.0.mlp.weight"].clone()
+    sd["layers.0.mlp.weight"][3, 1] = float("nan")
+    cfg = config_for(toy_models, method, parameters=params)
+    folder = str(write_hf_folder(tmp_path / "nan", sd))
+    if where == "base":
+        cfg["base_model"] = folder
+    else:
+        cfg["models"][2] = {"path": folder, "weight": weight}
+    with pytest.raises(CheckpointError, match="'layers.0.mlp.weight' in .*nan contains NaN") as info:
+        mdamerge.merge(cfg, tmp_path / "out", progress=False)
+    _one_line(info)
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_dense_linear_merges_leave_the_input_check_to_the_merged_tensor():
+    from mdamerge.methods import get_method
+
+    assert get_method("average").propagates_non_finite({}) and get_method("task_arithmetic").propagates_non_finite({})
+    gta = get_method("gta")
+    assert gta.propagates_non_finite({"sparsify": "none", "consensus": "none"})
+    assert not gta.propagates_non_finite({"sparsify": "magnitude", "consensus": "none"})
+    assert not gta.propagates_non_finite({"sparsify": "none", "consensus": "sum"})
+    assert not any(get_method(m).propagates_non_finite({}) for m in ("ties", "dare", "tsv", "mda", "iso_c"))
+
+
 def test_dtype_kind_mismatch(toy_models):
     fts = [dict(f) for f in toy_models["fts"]]
     fts[0]["layers.0.norm.weight"] = torch.ones(8, dtype=torch.int32)

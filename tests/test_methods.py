@@ -380,6 +380,15 @@ def test_fast_alignment_equals_the_dense_operator_product(etf_over, num_tasks, k
     assert torch.allclose(apply_alignment(u, num_tasks, k, etf_over), dense, atol=1e-12)
 
 
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (1000, 1), (1000, 1000), (4099, 2048)])
+def test_kth_smallest_equals_torch_kthvalue_with_ties(n, k):
+    from mdamerge.methods.gta import kth_smallest
+
+    values = torch.randint(0, 50, (n,), generator=torch.Generator().manual_seed(n)).float()  # many equal values
+    assert kth_smallest(values, k).item() == values.kthvalue(k).values.item()
+    assert kth_smallest(values, k).item() == torch.sort(values).values[k - 1].item()
+
+
 def test_gta_random_mask_keeps_density_of_entries_and_is_seeded():
     from mdamerge.methods.gta import random_mask
 

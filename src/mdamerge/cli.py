@@ -92,6 +92,7 @@ def merge_cmd(config, out_dir, device, dtype, workers, overwrite, quiet, ray_add
     `mdamerge lora` output (replays the LoRA merge).
     """
     set_threads(threads)
+    keep_freed_memory()
     data = _read_config_file(config)
     if isinstance(data, dict) and "lora" in data:  # written by `mdamerge lora`: replay the LoRA merge
         unused = [flag for flag, value in (("--workers", workers), ("--ray", ray_address), ("--prefix", prefix))
@@ -142,6 +143,13 @@ def echo_task_folders(result) -> None:
 
 
 ADAPTIVE_HINTS = ("adamerging", "adamerging_task", "adamerging_layer", "mda_feature", "mda_ta", "mda_am", "mda_am_norot")
+
+
+def keep_freed_memory() -> None:
+    """Merge commands reuse freed tensor memory (see :mod:`mdamerge.allocator`)."""
+    from .allocator import keep_freed_memory as keep
+
+    keep()
 
 
 def set_threads(threads: int | None) -> None:

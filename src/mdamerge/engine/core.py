@@ -208,17 +208,27 @@ class MergeEngine:
         self._copied = set(self.plan.copied)
 
     # -- reading ----------------------------------------------------------------
-    def _task_vectors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Base and task vectors of ``name`` in float32 -- only the shared rows where vocabularies differ."""
-        base = _checked(self._rows(self.base.get(name), name), name, self.base.label).to(self.device, torch.float32)
+    def _task_vectors(self, name: str, check: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Base and task vectors of ``name`` in float32 -- only the shared rows where vocabularies differ.
+        ``check``: refuse a NaN or Inf input here (off where the merged tensor's check catches it)."""
+        def read(source: TensorSource) -> torch.Tensor:
+            tensor = self._rows(source.get(name), name)
+            return _checked(tensor, name, source.label) if check else tensor
+
+        base = read(self.base).to(self.device, torch.float32)
         deltas = []
         for model in self.models:
-            tensor = _checked(self._rows(model.get(name), name), name, model.label)
+            tensor = read(model)
             widened = tensor.to(self.device, torch.float32)
             # subtracting in place into the float32 copy saves a tensor-sized allocation per model (the
             # copy is ours unless the tensor was float32 already: a caller's state dict is never changed)
             deltas.append(widened.sub_(base) if widened is not tensor else widened - base)
         return base, deltas
+
+    def _refuse_non_finite_inputs(self, name: str) -> None:
+        """Raise the error naming the first input whose ``name`` holds a NaN or Inf, if any does."""
+        for source in (self.base, *self.models):
+            _checked(self._rows(source.get(name), name), name, source.label)
 
     def _rows(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         """The shared vocabulary rows of ``tensor`` where vocabularies differ; else all of it
@@ -244,13 +254,15 @@ class MergeEngine:
         out_dtype = self.plan.output_info[name].dtype
         if name in self._copied or self._is_empty(name):
             return self.base.get(name).to(out_dtype)
-        base, deltas = self._task_vectors(name)
-        job = TensorJob(name, base, deltas, self.weights, self.params_for(name), self.seed, state)
+        params = self.params_for(name)
+        base, deltas = self._task_vectors(name, check=not self.method.propagates_non_finite(params))
+        job = TensorJob(name, base, deltas, self.weights, params, self.seed, state)
         delta = self.method.merge_tensor(job)
         if tuple(delta.shape) != tuple(base.shape):
             raise MergeError(f"method '{self.method.name}' returned shape {list(delta.shape)} for '{name}' {list(base.shape)}")
         merged = base + delta.to(torch.float32)
         if not all_finite(merged):
+            self._refuse_non_finite_inputs(name)
             raise MergeError(f"method '{self.method.name}' produced non-finite values for '{name}' (check its parameters)")
         merged = merged.to(out_dtype).cpu()
         if name in self.shared_rows:  # rows beyond the shared vocabulary keep the base's values

@@ -64,9 +64,10 @@ def shard_file_names(num_shards: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards)]
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """Raw little-endian bytes of a CPU tensor (works for bfloat16, which numpy lacks)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def tensor_buffer(tensor: torch.Tensor):
+    """The raw little-endian bytes of a CPU tensor as a buffer over its own memory: no copy of the
+    data before writing (works for bfloat16, which numpy lacks)."""
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 class StreamingSafetensorsWriter:
@@ -95,7 +96,7 @@ class StreamingSafetensorsWriter:
             raise MergeError(
                 f"internal: tensor '{name}' is {tuple(tensor.shape)} {tensor.dtype}, planned {info.shape} {info.dtype}"
             )
-        self._file.write(tensor_bytes(tensor))
+        self._file.write(tensor_buffer(tensor))
         self._next += 1
 
     @property

@@ -54,10 +54,11 @@ def lora(base, adapters, out_dir, method, output, rank, weights, params, dtype, 
 
     OUT/merge_config.yaml replays the merge: `mdamerge merge OUT/merge_config.yaml --out DIR`.
     """
-    from ..cli import echo_task_folders, set_threads
+    from ..cli import echo_task_folders, keep_freed_memory, set_threads
     from .merge import merge_lora
 
     set_threads(threads)
+    keep_freed_memory()
 
     result = merge_lora(base, list(adapters), out_dir, method, output=output, rank=rank, weights=parse_weights(weights),
                         parameters=parse_params(params), dtype=dtype, device=device, seed=seed, overwrite=overwrite,

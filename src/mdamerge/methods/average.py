@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, TensorJob
+from .base import MergeMethod, TensorJob, weighted_sum
 from .registry import register
 from .specs import SPECS
 
@@ -13,7 +13,10 @@ class Average(MergeMethod):
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
         # mean_t(theta_t) = theta_0 + mean_t(tau_t); per-model weights give a weighted mean
         total = sum(job.weights)
-        return sum(d * (w / total) for d, w in zip(job.deltas, job.weights))
+        return weighted_sum(job.deltas, [w / total for w in job.weights])
+
+    def propagates_non_finite(self, params) -> bool:
+        return True
 
 
 AVERAGE = register(Average.from_spec(SPECS["average"]))

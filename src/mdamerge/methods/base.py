@@ -11,7 +11,7 @@ streams over the model before the merge pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -37,6 +37,18 @@ class TensorJob:
     def weighted_deltas(self) -> list[torch.Tensor]:
         """``w_t * tau_t``: the per-model weight scales the task vector before merging."""
         return [d if w == 1.0 else d * w for d, w in zip(self.deltas, self.weights)]
+
+
+def weighted_sum(taus: Iterable[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """``sum_t w_t tau_t`` in one pass per task (a multiply-add into one accumulator) and one tensor of
+    memory besides the inputs; ``taus`` may be a generator, so sparsified vectors are made one at a time."""
+    mixed = None
+    for tau, weight in zip(taus, weights):
+        if mixed is None:
+            mixed = tau * weight
+        else:
+            mixed.add_(tau, alpha=weight)
+    return mixed
 
 
 def per_model_values(value: Any, num_tasks: int) -> list:
@@ -65,6 +77,12 @@ class MergeMethod(MethodSpec):
     @property
     def needs_prepass(self) -> bool:
         return type(self).prepare is not MergeMethod.prepare
+
+    def propagates_non_finite(self, params: dict[str, Any]) -> bool:
+        """True when a NaN or Inf anywhere in the base or a task vector always reaches the merged
+        tensor (a dense linear combination): the engine then checks the merged tensor alone and looks
+        for the culprit only when it is not finite -- one check per tensor instead of T + 2."""
+        return False
 
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

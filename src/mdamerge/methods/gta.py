@@ -25,9 +25,10 @@ are reproducible here but are not mergekit's draws (which use torch's global gen
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from .base import MergeMethod, TensorJob
+from .base import MergeMethod, TensorJob, weighted_sum
 from .base import per_model_values as per_model
 from .dare import stable_seed
 from .registry import register
@@ -57,12 +58,20 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
     magnitudes = tensor.abs().reshape(-1).float()
     if k >= n:
         return torch.ones_like(tensor, dtype=torch.bool)
-    threshold = magnitudes.kthvalue(n - k + 1).values
+    threshold = kth_smallest(magnitudes, n - k + 1)
     keep = magnitudes > threshold
     missing = k - int(keep.sum())
     if missing > 0:
         keep[torch.nonzero(magnitudes == threshold).reshape(-1)[:missing]] = True
     return keep.reshape_as(tensor)
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """``values.kthvalue(k).values`` of a 1-D tensor. On the CPU numpy's introselect finds it about 10x
+    faster than torch's kthvalue (measured on 24.6M entries: 69 vs 810 ms), the largest part of a TIES merge."""
+    if values.device.type != "cpu":
+        return values.kthvalue(k).values
+    return torch.tensor(np.partition(values.numpy(), k - 1)[k - 1])
 
 
 def outlier_mask(tensor: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -77,14 +86,19 @@ def outlier_mask(tensor: torch.Tensor, density: float, gamma: float) -> torch.Te
     return mask.reshape_as(tensor)
 
 
+RANDOM_BITS = 31  # int32 random_() draws are uniform on [0, 2**31)
+
+
 def random_mask(tensor: torch.Tensor, density: float, seed: int) -> torch.Tensor:
     """Bernoulli(density) keep-mask (booleans) drawn on the CPU from ``seed`` (device-independent).
 
-    ``uniform < density`` rather than ``torch.bernoulli`` of a probability tensor: the same
-    distribution, 3x faster on the CPU (the masks were most of a DARE merge's time).
+    A uniform 31-bit integer below ``round(density 2**31)``: the same distribution as
+    ``torch.bernoulli`` of a probability tensor (up to density's rounding to 2**-31) at a fifth of
+    its time, and 2x faster than comparing float uniforms (the masks were most of a DARE merge's time).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    return (torch.rand(tensor.shape, generator=gen) < density).to(tensor.device)
+    draws = torch.empty(tensor.shape, dtype=torch.int32).random_(generator=gen)
+    return (draws < round(density * 2**RANDOM_BITS)).to(tensor.device)
 
 
 def sparsify(tensor: torch.Tensor, density: float, how: str, rescale: bool, seed: int, gamma: float = 0.01) -> torch.Tensor:
@@ -111,6 +125,9 @@ def agreeing(deltas: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class GeneralizedTaskArithmetic(MergeMethod):
+    def propagates_non_finite(self, params) -> bool:
+        return params["sparsify"] == "none" and params["consensus"] == "none"
+
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
         p = job.params
         how = p["sparsify"]
@@ -120,37 +137,23 @@ class GeneralizedTaskArithmetic(MergeMethod):
         sparse = (sparsify(delta, densities[t], how, p["rescale"], stable_seed(job.seed, job.name, t), gammas[t])
                   for t, delta in enumerate(job.deltas))
         if p["consensus"] == "none":
-            mixed = weighted_sum(sparse, weights)
+            factor = p["scaling"]  # normalisation and scaling folded into each task's weight: no extra passes
             if p["normalize"]:
-                total = float(torch.tensor(weights, dtype=mixed.dtype).sum())  # summed in float32, as mergekit does
-                mixed /= 1.0 if abs(total) < 1e-8 else total
-        else:
-            deltas = torch.empty((job.num_tasks, *job.base.shape), dtype=job.deltas[0].dtype, device=job.deltas[0].device)
-            for t, tau in enumerate(sparse):  # weighted into one T x n buffer: the election needs all tasks at once
-                torch.mul(tau, weights[t], out=deltas[t])
-            agree = agreeing(deltas, p["consensus"])
-            mixed = deltas.masked_fill_(~agree, 0).sum(dim=0)
-            if p["normalize"]:
-                divisor = surviving_weight(agree, weights)
-                divisor[divisor == 0] = 1
-                mixed /= divisor
+                total = float(torch.tensor(weights, dtype=torch.float32).sum())  # summed in float32, as mergekit does
+                factor /= 1.0 if abs(total) < 1e-8 else total
+            return weighted_sum(sparse, [w * factor for w in weights])
+        deltas = torch.empty((job.num_tasks, *job.base.shape), dtype=job.deltas[0].dtype, device=job.deltas[0].device)
+        for t, tau in enumerate(sparse):  # weighted into one T x n buffer: the election needs all tasks at once
+            torch.mul(tau, weights[t], out=deltas[t])
+        agree = agreeing(deltas, p["consensus"])
+        mixed = deltas.masked_fill_(~agree, 0).sum(dim=0)
+        if p["normalize"]:
+            divisor = surviving_weight(agree, weights)
+            divisor[divisor == 0] = 1
+            mixed /= divisor
         if p["scaling"] != 1:
             mixed *= p["scaling"]
         return mixed
-
-
-def weighted_sum(taus, weights: list[float]) -> torch.Tensor:
-    """``sum_t w_t tau_t`` with two tensors of memory instead of T (no stack to allocate and fill): each
-    product, then added in task order -- the bits of ``(w * stacked).sum(0)`` up to T = 3; for more
-    tasks torch's reduction pairs the terms differently (last-bit differences, as between builds)."""
-    mixed = scratch = None
-    for tau, weight in zip(taus, weights):
-        if mixed is None:
-            mixed = tau * weight
-            scratch = torch.empty_like(mixed)
-        else:
-            mixed += torch.mul(tau, weight, out=scratch)
-    return mixed
 
 
 def surviving_weight(agree: torch.Tensor, weights: list[float]) -> torch.Tensor:
