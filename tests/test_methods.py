@@ -380,13 +380,32 @@ def test_fast_alignment_equals_the_dense_operator_product(etf_over, num_tasks, k
     assert torch.allclose(apply_alignment(u, num_tasks, k, etf_over), dense, atol=1e-12)
 
 
-@pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (1000, 1), (1000, 1000), (4099, 2048)])
-def test_kth_smallest_equals_torch_kthvalue_with_ties(n, k):
-    from mdamerge.methods.gta import kth_smallest
+@pytest.mark.parametrize("n, density", [(1, 0.5), (7, 0.43), (1000, 0.001), (1000, 0.999), (4099, 0.5), (20000, 0.1)])
+def test_magnitude_pruning_keeps_a_stable_descending_sorts_first_k(n, density):
+    """Many equal magnitudes (integers 0-49, both signs), so the ties at the threshold are exercised."""
+    from mdamerge.methods.gta import magnitude_pruned, threshold_of_top
 
-    values = torch.randint(0, 50, (n,), generator=torch.Generator().manual_seed(n)).float()  # many equal values
-    assert kth_smallest(values, k).item() == values.kthvalue(k).values.item()
-    assert kth_smallest(values, k).item() == torch.sort(values).values[k - 1].item()
+    gen = torch.Generator().manual_seed(n)
+    tau = (torch.randint(0, 50, (n,), generator=gen) * (torch.randint(0, 2, (n,), generator=gen) * 2 - 1)).float()
+    k = max(1, int(density * n))
+    order = torch.sort(tau.abs(), descending=True, stable=True).indices
+    want = torch.zeros_like(tau)
+    want[order[:k]] = tau[order[:k]]
+    assert torch.equal(magnitude_pruned(tau.reshape(1, -1), density), want.reshape(1, -1))
+    threshold, above, equal_below = threshold_of_top(tau.abs(), k)
+    assert threshold == tau.abs().kthvalue(n - k + 1).values.item()
+    assert above == int((tau.abs() > threshold).sum())
+    assert equal_below == int((tau.abs() == threshold).sum()) - (k - above)
+
+
+def test_magnitude_pruning_of_distinct_magnitudes_keeps_exactly_k():
+    from mdamerge.methods.gta import magnitude_pruned
+
+    tau = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
+    pruned = magnitude_pruned(tau, 0.3)
+    kept = pruned != 0
+    assert int(kept.sum()) == 30_000 and torch.equal(pruned[kept], tau[kept])
+    assert tau[kept].abs().min() > tau[~kept].abs().max()
 
 
 def test_gta_random_mask_keeps_density_of_entries_and_is_seeded():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .base import MergeMethod, TensorJob, weighted_sum
 from .base import per_model_values as per_model
@@ -45,33 +46,42 @@ def rescale_l1(tensor: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     return masked * (before / after)
 
 
-def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
-    """True at the ``max(1, int(density n))`` largest magnitudes; among equal magnitudes at the
-    threshold the first ones in memory order (a stable sort's choice).
+def magnitude_pruned(tensor: torch.Tensor, density: float) -> torch.Tensor:
+    """``tensor`` with all but its ``max(1, int(density n))`` largest magnitudes set to 0; among equal
+    magnitudes at the threshold the first ones in memory order stay (a stable descending sort's first k).
 
-    ``kthvalue`` finds the threshold in O(n) where mergekit's full ``argsort`` takes O(n log n)
-    (most of a ``ties`` merge's time on 10M-entry tensors); the kept set is a stable descending
-    sort's first k.
+    The threshold is a selection, O(n), where mergekit's full ``argsort`` takes O(n log n) (most of a
+    ``ties`` merge's time on 10M-entry tensors), and ``hardshrink`` zeroes everything at or below it in
+    one pass: a boolean mask and ``where`` cost 4x that on the CPU.
     """
     n = tensor.numel()
     k = max(1, int(density * n))
-    magnitudes = tensor.abs().reshape(-1).float()
     if k >= n:
-        return torch.ones_like(tensor, dtype=torch.bool)
-    threshold = kth_smallest(magnitudes, n - k + 1)
-    keep = magnitudes > threshold
-    missing = k - int(keep.sum())
-    if missing > 0:
-        keep[torch.nonzero(magnitudes == threshold).reshape(-1)[:missing]] = True
-    return keep.reshape_as(tensor)
+        return tensor
+    magnitudes = tensor.abs().reshape(-1)
+    threshold, above, equal_below = threshold_of_top(magnitudes, k)
+    if above < k and equal_below == 0:  # every entry equal to the threshold is among the k: keep |x| >= it
+        return F.hardshrink(tensor, float(np.nextafter(np.float32(threshold), np.float32(0))))
+    pruned = F.hardshrink(tensor, float(threshold))  # float32's value exactly: the same comparison
+    if above < k:  # some equal to the threshold stay, the first ones in memory order
+        ties = torch.nonzero(magnitudes == threshold).reshape(-1)[:k - above]
+        pruned.view(-1)[ties] = tensor.reshape(-1)[ties]
+    return pruned
 
 
-def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """``values.kthvalue(k).values`` of a 1-D tensor. On the CPU numpy's introselect finds it about 10x
-    faster than torch's kthvalue (measured on 24.6M entries: 69 vs 810 ms), the largest part of a TIES merge."""
-    if values.device.type != "cpu":
-        return values.kthvalue(k).values
-    return torch.tensor(np.partition(values.numpy(), k - 1)[k - 1])
+def threshold_of_top(magnitudes: torch.Tensor, k: int) -> tuple[float, int, int]:
+    """The k-th largest entry of a 1-D tensor, how many of the k largest are strictly above it and how many
+    entries outside the k largest equal it. On the CPU by numpy's introselect, about 10x faster than torch's
+    ``kthvalue`` (24.6M entries: 65 vs 810 ms), and counted on the two selected parts."""
+    n = magnitudes.numel()
+    if magnitudes.device.type != "cpu":
+        threshold = magnitudes.kthvalue(n - k + 1).values
+        above, equal = int((magnitudes > threshold).sum()), int((magnitudes == threshold).sum())
+        return threshold.item(), above, equal - (k - above)
+    selected = np.partition(magnitudes.numpy(), n - k)
+    top, rest = selected[n - k:], selected[:n - k]
+    threshold = top.min()
+    return float(threshold), int(np.count_nonzero(top > threshold)), int(np.count_nonzero(rest == threshold))
 
 
 def outlier_mask(tensor: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -108,20 +118,20 @@ def sparsify(tensor: torch.Tensor, density: float, how: str, rescale: bool, seed
     if density <= 0 or tensor.numel() == 0:
         return torch.zeros_like(tensor)
     if how == "magnitude":
-        mask = magnitude_mask(tensor, density)
-    elif how == "outliers":
-        mask = outlier_mask(tensor, density, gamma)
+        masked = magnitude_pruned(tensor, density)
     else:
-        mask = random_mask(tensor, density, seed)
-    masked = torch.where(mask, tensor, 0.0)  # the masks are booleans: no float mask, no multiplication
+        mask = outlier_mask(tensor, density, gamma) if how == "outliers" else random_mask(tensor, density, seed)
+        masked = tensor * mask  # 3x faster than torch.where on the CPU; the inputs are finite (checked)
     return rescale_l1(tensor, masked) if rescale else masked
 
 
-def agreeing(deltas: torch.Tensor, how: str) -> torch.Tensor:
-    """mergekit's ``get_mask`` as booleans: entries whose sign equals the elected one (zero entries never do)."""
+def elected_signs(deltas: torch.Tensor, how: str) -> torch.Tensor:
+    """+1 or -1 per entry: the sign mergekit's ``get_mask`` elects (``sum``: of the summed deltas,
+    ``count``: of the majority of signs; a zero vote elects +)."""
     votes = deltas.sum(0) if how == "sum" else deltas.sign().sum(0)
-    positive = votes >= 0  # a zero vote elects +
-    return torch.where(positive, deltas > 0, deltas < 0)
+    # copysign gives -1 only for a vote of -0.0, a sum whose terms are all zeros: then no entry has
+    # either sign, and the result is the same as electing +
+    return torch.ones_like(votes).copysign_(votes)
 
 
 class GeneralizedTaskArithmetic(MergeMethod):
@@ -145,10 +155,14 @@ class GeneralizedTaskArithmetic(MergeMethod):
         deltas = torch.empty((job.num_tasks, *job.base.shape), dtype=job.deltas[0].dtype, device=job.deltas[0].device)
         for t, tau in enumerate(sparse):  # weighted into one T x n buffer: the election needs all tasks at once
             torch.mul(tau, weights[t], out=deltas[t])
-        agree = agreeing(deltas, p["consensus"])
-        mixed = deltas.masked_fill_(~agree, 0).sum(dim=0)
+        signs = elected_signs(deltas, p["consensus"])
+        # An entry survives where it has the elected sign: in float arithmetic, d s > 0. Summing
+        # max(d s, 0) and multiplying by s gives the sum of the survivors bit for bit (negation is
+        # exact), 10x faster on the CPU than boolean masks and torch.where.
+        survivors = deltas.mul_(signs).clamp_min_(0)
+        mixed = survivors.sum(dim=0).mul_(signs)
         if p["normalize"]:
-            divisor = surviving_weight(agree, weights)
+            divisor = surviving_weight(survivors, weights)
             divisor[divisor == 0] = 1
             mixed /= divisor
         if p["scaling"] != 1:
@@ -156,11 +170,12 @@ class GeneralizedTaskArithmetic(MergeMethod):
         return mixed
 
 
-def surviving_weight(agree: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """``sum_t w_t [entry t agrees]`` per entry, added in task order (as ``(w * mask).sum(0)`` does)."""
-    total = torch.zeros(agree.shape[1:], dtype=torch.float32, device=agree.device)
+def surviving_weight(survivors: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """``sum_t w_t [entry t survives]`` per entry from the survivors' ``max(d s, 0)`` (> 0 exactly where
+    an entry survives), added in task order (as ``(w * mask).sum(0)`` does)."""
+    total = torch.zeros(survivors.shape[1:], dtype=torch.float32, device=survivors.device)
     for t, weight in enumerate(weights):
-        total.add_(agree[t], alpha=weight)
+        total.add_(survivors[t].sign(), alpha=weight)
     return total
 
 
