@@ -185,15 +185,46 @@ def test_a_non_finite_input_is_named_whether_or_not_the_method_checks_its_inputs
     assert not (tmp_path / "out").exists()
 
 
-def test_only_dense_linear_merges_leave_the_input_check_to_the_merged_tensor():
+def test_only_linear_combinations_of_task_vectors_are_merged_by_coefficients():
     from mdamerge.methods import get_method
 
-    assert get_method("average").propagates_non_finite({}) and get_method("task_arithmetic").propagates_non_finite({})
+    assert get_method("average").linear_coefficients({}, [1.0, 3.0]) == [0.25, 0.75]
+    assert get_method("task_arithmetic").linear_coefficients({"scaling": 0.5}, [1.0, 2.0]) == [0.5, 1.0]
     gta = get_method("gta")
-    assert gta.propagates_non_finite({"sparsify": "none", "consensus": "none"})
-    assert not gta.propagates_non_finite({"sparsify": "magnitude", "consensus": "none"})
-    assert not gta.propagates_non_finite({"sparsify": "none", "consensus": "sum"})
-    assert not any(get_method(m).propagates_non_finite({}) for m in ("ties", "dare", "tsv", "mda", "iso_c"))
+    dense = {"sparsify": "none", "consensus": "none", "weight": [2.0, 1.0], "normalize": True, "scaling": 3.0}
+    assert gta.linear_coefficients(dense, [1.0, 1.0]) == [2.0, 1.0]  # (2, 1) / 3 * 3
+    assert gta.linear_coefficients({**dense, "normalize": False}, [1.0, 0.5]) == [6.0, 1.5]
+    assert gta.linear_coefficients({**dense, "sparsify": "magnitude"}, [1.0, 1.0]) is None
+    assert gta.linear_coefficients({**dense, "consensus": "sum"}, [1.0, 1.0]) is None
+    assert not any(get_method(m).linear_coefficients({}, [1.0, 1.0]) for m in ("ties", "dare", "tsv", "mda", "iso_c"))
+
+
+@pytest.mark.parametrize("method, params", [("average", {}), ("task_arithmetic", {"scaling": 0.7}),
+                                            ("gta", {"normalize": True, "weight": 0.3})])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_linear_merge_by_blocks_equals_the_method_on_whole_tensors_bit_for_bit(toy_models, tmp_path, monkeypatch,
+                                                                                method, params, dtype):
+    """The engine's blocked path (blocks of 5 entries here, so every tensor spans several and ends in a
+    partial one) gives the bits of merge_tensor on whole float32 task vectors."""
+    import mdamerge.engine.core as core
+    from mdamerge.methods import get_method
+
+    monkeypatch.setattr(core, "LINEAR_BLOCK", 5)
+    cfg = config_for(toy_models, method, parameters=params, dtype=dtype)
+    cfg["models"][1] = {"path": cfg["models"][1], "weight": 0.5}
+    out = mdamerge.merge(cfg, tmp_path / "out", progress=False).out_dir
+    merged = Checkpoint(out)
+    engine_method = get_method(method)
+    from mdamerge.config import MergeConfig
+    from mdamerge.methods.base import TensorJob
+
+    resolved = MergeConfig.from_dict(cfg).resolver.resolve
+    for name in toy_models["base"]:
+        base = toy_models["base"][name].float()
+        deltas = [ft[name].float() - base for ft in toy_models["fts"]]
+        job = TensorJob(name, base, deltas, [1.0, 0.5, 1.0], resolved(name))
+        want = (base + engine_method.merge_tensor(job)).to(getattr(torch, dtype))
+        assert torch.equal(merged.get(name), want), name
 
 
 def test_dtype_kind_mismatch(toy_models):
@@ -249,7 +280,7 @@ def test_failure_mid_merge_leaves_no_output(toy_models, tmp_path, monkeypatch):
     from mdamerge.methods import get_method
 
     calls = {"n": 0}
-    original = type(get_method("average")).merge_tensor
+    original = type(get_method("ties")).merge_tensor
 
     def flaky(self, job):
         calls["n"] += 1
@@ -257,11 +288,11 @@ def test_failure_mid_merge_leaves_no_output(toy_models, tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return original(self, job)
 
-    monkeypatch.setattr(type(get_method("average")), "merge_tensor", flaky)
+    monkeypatch.setattr(type(get_method("ties")), "merge_tensor", flaky)
     outs = tmp_path / "outs"
     outs.mkdir()
     with pytest.raises(RuntimeError, match="disk on fire"):
-        mdamerge.merge(config_for(toy_models, "average"), outs / "out", progress=False)
+        mdamerge.merge(config_for(toy_models, "ties"), outs / "out", progress=False)
     assert list(outs.iterdir()) == []
 
 

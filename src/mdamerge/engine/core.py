@@ -171,6 +171,9 @@ def _checked(tensor: torch.Tensor, name: str, label: str) -> torch.Tensor:
     return tensor
 
 
+LINEAR_BLOCK = 1 << 18  # entries per block of a linear merge on the CPU: its three float32 blocks (1 MiB each) stay in cache
+
+
 class MergeEngine:
     """Runs one method over a base and T fine-tuned sources, tensor by tensor."""
 
@@ -208,22 +211,44 @@ class MergeEngine:
         self._copied = set(self.plan.copied)
 
     # -- reading ----------------------------------------------------------------
-    def _task_vectors(self, name: str, check: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Base and task vectors of ``name`` in float32 -- only the shared rows where vocabularies differ.
-        ``check``: refuse a NaN or Inf input here (off where the merged tensor's check catches it)."""
-        def read(source: TensorSource) -> torch.Tensor:
-            tensor = self._rows(source.get(name), name)
-            return _checked(tensor, name, source.label) if check else tensor
-
-        base = read(self.base).to(self.device, torch.float32)
+    def _task_vectors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Base and task vectors of ``name`` in float32 -- only the shared rows where vocabularies differ."""
+        base = _checked(self._rows(self.base.get(name), name), name, self.base.label).to(self.device, torch.float32)
         deltas = []
         for model in self.models:
-            tensor = read(model)
+            tensor = _checked(self._rows(model.get(name), name), name, model.label)
             widened = tensor.to(self.device, torch.float32)
             # subtracting in place into the float32 copy saves a tensor-sized allocation per model (the
             # copy is ours unless the tensor was float32 already: a caller's state dict is never changed)
             deltas.append(widened.sub_(base) if widened is not tensor else widened - base)
         return base, deltas
+
+    def _merge_linear(self, name: str, coefficients: list[float], out_dtype: torch.dtype) -> torch.Tensor:
+        """``base + sum_t c_t (theta_t - base)`` block by block, with the operations (and so the bits) of the
+        whole-tensor path: the float32 work on a block stays in the CPU's cache, so each input is read
+        from memory once and no float32 copy of a whole tensor is made (on a GPU one block is the tensor)."""
+        inputs = [self._rows(source.get(name), name) for source in (self.base, *self.models)]
+        shape, flats = inputs[0].shape, [tensor.reshape(-1) for tensor in inputs]
+        size = flats[0].numel()
+        block = LINEAR_BLOCK if self.device.type == "cpu" else size
+        base_block, tau, mixed = (torch.empty(min(block, size), dtype=torch.float32, device=self.device) for _ in range(3))
+        merged = torch.empty(size, dtype=out_dtype)
+        for start in range(0, size, block):
+            stop = min(start + block, size)
+            b, t, m = base_block[:stop - start], tau[:stop - start], mixed[:stop - start]
+            b.copy_(flats[0][start:stop])
+            for i, (model, coefficient) in enumerate(zip(flats[1:], coefficients)):
+                t.copy_(model[start:stop]).sub_(b)
+                if i == 0:
+                    torch.mul(t, coefficient, out=m)
+                else:
+                    m.add_(t, alpha=coefficient)
+            m.add_(b)
+            if not all_finite(m):  # a NaN or Inf in any input reaches the sum: only then look for it
+                self._refuse_non_finite_inputs(name)
+                raise MergeError(f"method '{self.method.name}' produced non-finite values for '{name}' (check its parameters)")
+            merged[start:stop].copy_(m)
+        return merged.reshape(shape)
 
     def _refuse_non_finite_inputs(self, name: str) -> None:
         """Raise the error naming the first input whose ``name`` holds a NaN or Inf, if any does."""
@@ -255,18 +280,25 @@ class MergeEngine:
         if name in self._copied or self._is_empty(name):
             return self.base.get(name).to(out_dtype)
         params = self.params_for(name)
-        base, deltas = self._task_vectors(name, check=not self.method.propagates_non_finite(params))
+        coefficients = self.method.linear_coefficients(params, self.weights)
+        if coefficients is not None:
+            merged = self._merge_linear(name, coefficients, out_dtype)
+        else:
+            merged = self._merge_with_method(name, params, state).to(out_dtype).cpu()
+        if name in self.shared_rows:  # rows beyond the shared vocabulary keep the base's values
+            merged = torch.cat([merged, self.base.get(name)[merged.shape[0]:].to(out_dtype)])
+        return merged
+
+    def _merge_with_method(self, name: str, params: dict, state) -> torch.Tensor:
+        """The merged tensor in float32 on the compute device, from the method's merged task vector."""
+        base, deltas = self._task_vectors(name)
         job = TensorJob(name, base, deltas, self.weights, params, self.seed, state)
         delta = self.method.merge_tensor(job)
         if tuple(delta.shape) != tuple(base.shape):
             raise MergeError(f"method '{self.method.name}' returned shape {list(delta.shape)} for '{name}' {list(base.shape)}")
         merged = base + delta.to(torch.float32)
         if not all_finite(merged):
-            self._refuse_non_finite_inputs(name)
             raise MergeError(f"method '{self.method.name}' produced non-finite values for '{name}' (check its parameters)")
-        merged = merged.to(out_dtype).cpu()
-        if name in self.shared_rows:  # rows beyond the shared vocabulary keep the base's values
-            merged = torch.cat([merged, self.base.get(name)[merged.shape[0]:].to(out_dtype)])
         return merged
 
     def run(self, sink: Sink, executor=None) -> None:

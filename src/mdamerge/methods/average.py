@@ -12,11 +12,11 @@ from .specs import SPECS
 class Average(MergeMethod):
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
         # mean_t(theta_t) = theta_0 + mean_t(tau_t); per-model weights give a weighted mean
-        total = sum(job.weights)
-        return weighted_sum(job.deltas, [w / total for w in job.weights])
+        return weighted_sum(job.deltas, self.linear_coefficients(job.params, job.weights))
 
-    def propagates_non_finite(self, params) -> bool:
-        return True
+    def linear_coefficients(self, params, weights) -> list[float]:
+        total = sum(weights)
+        return [w / total for w in weights]
 
 
 AVERAGE = register(Average.from_spec(SPECS["average"]))

@@ -78,11 +78,12 @@ class MergeMethod(MethodSpec):
     def needs_prepass(self) -> bool:
         return type(self).prepare is not MergeMethod.prepare
 
-    def propagates_non_finite(self, params: dict[str, Any]) -> bool:
-        """True when a NaN or Inf anywhere in the base or a task vector always reaches the merged
-        tensor (a dense linear combination): the engine then checks the merged tensor alone and looks
-        for the culprit only when it is not finite -- one check per tensor instead of T + 2."""
-        return False
+    def linear_coefficients(self, params: dict[str, Any], weights: Sequence[float]) -> list[float] | None:
+        """``c_1..c_T`` when the merged task vector is ``sum_t c_t tau_t`` (average, task arithmetic, mergekit's
+        linear): the engine then merges the tensor block by block in the CPU's cache, reading each input once,
+        and checks the merged tensor alone for NaN/Inf (a NaN in any input reaches it, even under c_t = 0).
+        None (the default) for every other method."""
+        return None
 
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -135,23 +135,25 @@ def elected_signs(deltas: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class GeneralizedTaskArithmetic(MergeMethod):
-    def propagates_non_finite(self, params) -> bool:
-        return params["sparsify"] == "none" and params["consensus"] == "none"
+    def linear_coefficients(self, params, weights) -> list[float] | None:
+        """Without sparsification or consensus: ``weight_t`` times the scaling, over the weights' float32 sum
+        with ``normalize`` (mergekit's linear and task_arithmetic), folded into one factor per task."""
+        if params["sparsify"] != "none" or params["consensus"] != "none":
+            return None
+        return summed_weights(params, [w * pw for w, pw in zip(weights, per_model(params["weight"], len(weights)))])
 
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
+        coefficients = self.linear_coefficients(job.params, job.weights)
+        if coefficients is not None:
+            return weighted_sum(job.deltas, coefficients)
         p = job.params
-        how = p["sparsify"]
         densities, own_weights = per_model(p["density"], job.num_tasks), per_model(p["weight"], job.num_tasks)
         gammas = per_model(p["gamma"], job.num_tasks)
         weights = [w * pw for w, pw in zip(job.weights, own_weights)]
-        sparse = (sparsify(delta, densities[t], how, p["rescale"], stable_seed(job.seed, job.name, t), gammas[t])
+        sparse = (sparsify(delta, densities[t], p["sparsify"], p["rescale"], stable_seed(job.seed, job.name, t), gammas[t])
                   for t, delta in enumerate(job.deltas))
         if p["consensus"] == "none":
-            factor = p["scaling"]  # normalisation and scaling folded into each task's weight: no extra passes
-            if p["normalize"]:
-                total = float(torch.tensor(weights, dtype=torch.float32).sum())  # summed in float32, as mergekit does
-                factor /= 1.0 if abs(total) < 1e-8 else total
-            return weighted_sum(sparse, [w * factor for w in weights])
+            return weighted_sum(sparse, summed_weights(p, weights))
         deltas = torch.empty((job.num_tasks, *job.base.shape), dtype=job.deltas[0].dtype, device=job.deltas[0].device)
         for t, tau in enumerate(sparse):  # weighted into one T x n buffer: the election needs all tasks at once
             torch.mul(tau, weights[t], out=deltas[t])
@@ -168,6 +170,16 @@ class GeneralizedTaskArithmetic(MergeMethod):
         if p["scaling"] != 1:
             mixed *= p["scaling"]
         return mixed
+
+
+def summed_weights(params: dict, weights: list[float]) -> list[float]:
+    """Each task's factor in a consensus-free sum: its weight times the scaling, over the weights' float32
+    sum with ``normalize`` -- folded into one multiply-add per task instead of two more passes."""
+    factor = params["scaling"]
+    if params["normalize"]:
+        total = float(torch.tensor(weights, dtype=torch.float32).sum())  # summed in float32, as mergekit does
+        factor /= 1.0 if abs(total) < 1e-8 else total
+    return [w * factor for w in weights]
 
 
 def surviving_weight(survivors: torch.Tensor, weights: list[float]) -> torch.Tensor:

@@ -11,10 +11,10 @@ from .specs import SPECS
 
 class TaskArithmetic(MergeMethod):
     def merge_tensor(self, job: TensorJob) -> torch.Tensor:
-        return weighted_sum(job.deltas, [w * job.params["scaling"] for w in job.weights])
+        return weighted_sum(job.deltas, self.linear_coefficients(job.params, job.weights))
 
-    def propagates_non_finite(self, params) -> bool:
-        return True
+    def linear_coefficients(self, params, weights) -> list[float]:
+        return [w * params["scaling"] for w in weights]
 
 
 TASK_ARITHMETIC = register(TaskArithmetic.from_spec(SPECS["task_arithmetic"]))
