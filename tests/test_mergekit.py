@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,19 @@ def test_linear_is_the_normalised_weighted_mean_without_a_base(llama_like, tmp_p
     for name in NAMES:
         want = sum(w * ft[name] for w, ft in zip((0.5, 0.3, 0.2), llama_like["fts"])) / 1.0
         torch.testing.assert_close(merged[name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_without_a_base_reads_each_model_once(llama_like, tmp_path, monkeypatch):
+    """The first model serves as the base: one source, so each tensor is read from 3 files, not 4."""
+    from mdamerge.engine.sources import CheckpointSource
+
+    reads = []
+    original = CheckpointSource.get
+    monkeypatch.setattr(CheckpointSource, "get", lambda self, name: reads.append(self.label) or original(self, name))
+    merged_with(mk_config(llama_like["dirs"], "linear", [0.5, 0.3, 0.2]), tmp_path / "lin")
+    counts = Counter(reads)
+    assert sorted(counts) == sorted(str(d) for d in llama_like["dirs"])
+    assert len(set(counts.values())) == 1 and counts[str(llama_like["dirs"][0])] >= len(NAMES)  # ft0 not read twice
 
 
 def test_dare_draws_are_seeded_and_rescale_keeps_the_l1_norm(llama_like, tmp_path):

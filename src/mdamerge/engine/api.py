@@ -45,6 +45,11 @@ def _as_config(config: MergeConfig | dict | str | Path) -> MergeConfig:
     return MergeConfig.from_yaml(config)
 
 
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    """Two paths naming the same checkpoint (after resolving links and relative parts)."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def merge(
     config: MergeConfig | dict | str | Path,
     out_dir: str | Path,
@@ -84,7 +89,8 @@ def merge(
     check_output_location(out_dir, inputs + ([config] if isinstance(config, (str, Path)) else []))
     start = time.perf_counter()
     base = CheckpointSource(cfg.base_model)
-    models = [CheckpointSource(m.path) for m in cfg.models]
+    # mergekit's linear lists no base, so its first model serves as one: one source, read once per tensor
+    models = [base if same_folder(m.path, cfg.base_model) else CheckpointSource(m.path) for m in cfg.models]
     check_output_location(out_dir, [file for source in (base, *models) for file in source.checkpoint.files])
     prefixes = align_prefixes(base, models, cfg.prefix)  # classification checkpoints: backbone under 'bert.' etc.
     announce_prefixes(prefixes)

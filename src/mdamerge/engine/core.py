@@ -227,7 +227,11 @@ class MergeEngine:
         """``base + sum_t c_t (theta_t - base)`` block by block, with the operations (and so the bits) of the
         whole-tensor path: the float32 work on a block stays in the CPU's cache, so each input is read
         from memory once and no float32 copy of a whole tensor is made (on a GPU one block is the tensor)."""
-        inputs = [self._rows(source.get(name), name) for source in (self.base, *self.models)]
+        read: dict[int, torch.Tensor] = {}
+        for source in (self.base, *self.models):  # a source listed twice (a base among the models) is read once
+            if id(source) not in read:
+                read[id(source)] = self._rows(source.get(name), name)
+        inputs = [read[id(source)] for source in (self.base, *self.models)]
         shape, flats = inputs[0].shape, [tensor.reshape(-1) for tensor in inputs]
         size = flats[0].numel()
         block = LINEAR_BLOCK if self.device.type == "cpu" else size
