@@ -102,6 +102,9 @@ TEXT_RECIPES: dict[str, TextZooSettings] = {
 }
 
 
+DEFAULT_TEXT_RECIPE = "additive"  # what the commands use for text suites unless told --recipe stored
+
+
 def recipe_subdir(recipe: str) -> str:
     """Cache folder of a recipe's zoo: ``textzoo`` for the stored one, ``textzoo-<recipe>`` for the others."""
     if recipe not in TEXT_RECIPES:
