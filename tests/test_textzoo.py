@@ -441,3 +441,29 @@ def test_the_stored_recipes_paragraph_states_its_figures():
     assert "(80 steps at lr 0.0003, mean pooling, 320 test examples per task;" in text
     assert "gained 10.0 points over the probe" in text and "scaling 0.02 (10% of the gap)" in text
     assert "the best data-free merge, TSV-M, recovered 25%; 1 of 1 data-based methods ended below" in text
+
+
+def test_per_method_statements_give_the_share_and_each_resolved_difference():
+    from mdamerge.evaluation.bench import BenchResult, Row
+    from mdamerge.evaluation.intervals import pack_correct
+    from mdamerge.textzoo.results import method_statements
+
+    n = 400
+
+    def row(name, kind, right):
+        c = torch.zeros(n, dtype=torch.bool)
+        c[:right] = True
+        return Row(name, kind, {"a": right / n}, correct={"a": pack_correct(c)})
+
+    rows = [row("pretrained", "reference", 200), row("fine-tuned", "reference", 300),
+            row("task_arithmetic", "data-free", 250), row("tsv", "data-free", 280),
+            row("iso_c", "data-free", 281), row("mda_am", "data-based", 190)]
+    text = method_statements(BenchResult("s", ["a"], rows))
+    lines = text.strip().splitlines()
+    assert lines[0] == ("- **Task arithmetic** (data-free): 62.5, 50% of the gap; minus TSV-M -7.5 "
+                        + lines[0].split("minus TSV-M -7.5 ")[1])
+    assert "(resolved, below)" in lines[0] and lines[0].count("minus") == 1  # no difference from itself
+    assert "minus Task arithmetic +7.5" in lines[1] and "(resolved, above)." in lines[1]
+    # one example apart from TSV-M: not resolved; 7.75 above task arithmetic: resolved
+    assert "minus TSV-M +0.2" in lines[2] and "(not resolved)" in lines[2] and "(resolved, above)" in lines[2]
+    assert lines[3].startswith("- **mda_am** (data-based): 47.5, -10% of the gap (below the pretrained row)")

@@ -295,6 +295,8 @@ def render(saved: dict, zoo: TextZoo, vision: dict, stored: dict | None = None) 
         chosen_params_table(result),
         "\n## Differences from TSV-M and task arithmetic\n",
         interval_section(result) or "_The saved rows predate per-example results; no intervals._\n",
+        ("\nPer method (test average, share of the pretrained-to-fine-tuned gap, differences with their 95% "
+         "intervals):\n\n" + method_statements(result)) if result.intervals() else "",
         "\n## Share of the pretrained-to-fine-tuned gap recovered\n",
         "(method avg - pretrained avg) / (fine-tuned avg - pretrained avg), test averages"
         + (f"; the vision zoo's {VISION_SUITE} from [results.md](results.md) beside it.\n" if vres else ".\n"),
@@ -304,7 +306,30 @@ def render(saved: dict, zoo: TextZoo, vision: dict, stored: dict | None = None) 
     ]
     if stored:
         parts += ["\n## Before: the stored recipe\n", stored_paragraph(stored)]
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
+
+
+def method_statements(result: BenchResult) -> str:
+    """One plain line per method: its test average, the share of the gap it recovers, and its difference
+    from TSV-M and from task arithmetic with the paired bootstrap interval, said resolved or not."""
+    intervals = result.intervals()
+    pre = result.row("pretrained").average
+    lines = []
+    for r in result.rows:
+        if r.kind == "reference":
+            continue
+        text = f"- **{display_name(r.name)}** ({r.kind}): {pct(r.average)}, {pct(gap_recovered(result, r.name), 0)}% of the gap"
+        if r.average < pre:
+            text += " (below the pretrained row)"
+        for ref in ("tsv", "task_arithmetic"):
+            i = intervals.get(r.name, {}).get(ref)
+            if i is None:
+                continue
+            verdict = ("resolved, above" if i.low > 0 else "resolved, below") if i.resolved else "not resolved"
+            text += (f"; minus {display_name(ref)} {100 * i.diff:+.1f} [{100 * i.low:+.1f}, {100 * i.high:+.1f}] "
+                     f"({verdict})")
+        lines.append(text + ".")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def added_sentence(saved: dict) -> str:
