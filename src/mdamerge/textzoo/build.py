@@ -6,7 +6,8 @@ a linear probe of the pretrained encoder, LP-FT). A merged encoder is evaluated 
 task's own fine-tuned head. The pretrained reference row is the frozen encoder with the
 linear probe (fitted on its frozen training features).
 
-Layout (``default_cache_dir()/textzoo`` unless told otherwise), as the vision zoo's plus::
+Layout (``default_cache_dir()/textzoo-additive`` for the default recipe, ``textzoo`` for the stored
+one; :func:`recipe_subdir`), as the vision zoo's plus::
 
     pretrained/               the encoder (BertModel folder) and its tokenizer
     probes/<task>.safetensors linear probe of the pretrained encoder
