@@ -176,7 +176,9 @@ def text_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     settings = TextZooSettings(encoder="tiny-random-bert", max_length=24, train_size=96, val_size=32, test_size=48,
                                finetune=TrainSettings(steps=12, batch_size=16, lr=2e-3), probe_steps=100)
-    TextZoo(root / "textzoo", settings).build(SUITE, progress=False, threads=1)
+    # a tiny zoo in the default recipe's folder (CACHE/textzoo-additive), which the commands use unless told
+    # --recipe stored; a zoo already built keeps its own settings
+    TextZoo(root / "textzoo-additive", settings).build(SUITE, progress=False, threads=1)
     return root
 
 
@@ -184,7 +186,7 @@ def text_cache(tmp_path_factory):
 def text_zoo(text_cache):
     from mdamerge.textzoo.build import TextZoo
 
-    return TextZoo(text_cache / "textzoo")
+    return TextZoo(text_cache / "textzoo-additive")
 
 
 @pytest.mark.slow
@@ -236,10 +238,10 @@ def test_text_suite_through_the_cli_build_merge_eval(text_cache, tmp_path):
     from mdamerge.textzoo.build import TextZoo
 
     runner = CliRunner()
-    zoo = TextZoo(text_cache / "textzoo")
+    zoo = TextZoo(text_cache / "textzoo-additive")
     out = runner.invoke(main, ["zoo", "build", "--suite", SUITE, "--cache", str(text_cache), "--quiet"])
     assert out.exit_code == 0, out.output
-    assert "2/2 tasks already built" in out.output and "fortune_topic" in out.output
+    assert f"zoo: {zoo.root} (2/2 tasks already built)" in out.output and "fortune_topic" in out.output
     out = runner.invoke(main, ["bench", "--suite", SUITE, "--methods", "task_arithmetic", "--no-search", "--quiet",
                                "--cache", str(text_cache), "--out", str(tmp_path / "bench")])
     assert out.exit_code == 0, out.output
@@ -265,6 +267,19 @@ def test_text_suite_through_the_cli_build_merge_eval(text_cache, tmp_path):
     assert "mean Delta_ETF: pretrained" in out.output and (tmp_path / "report" / "report.html").is_file()
     out = runner.invoke(main, ["eval", str(merged), "--tasks", "fortune_topic,mnist", "--cache", str(text_cache)])
     assert out.exit_code == 2 and "mix text ('fortune_topic') and image ('mnist')" in out.output
+    # --recipe stored reads the stored recipe's zoo (CACHE/textzoo), not built here: one line, status 2
+    out = runner.invoke(main, ["eval", str(merged), "--suite", SUITE, "--cache", str(text_cache), "--recipe", "stored"])
+    assert out.exit_code == 2 and out.output.strip().splitlines() == [
+        f"error: task 'fortune_topic' is not built in the zoo at {text_cache / 'textzoo'}; run: mdamerge zoo build "
+        f"--suite {SUITE} --recipe stored"]
+    out = runner.invoke(main, ["zoo", "list", "--cache", str(text_cache), "--recipe", "stored"])
+    assert out.exit_code == 0 and f"zoo: {text_cache / 'textzoo'}\n" in out.output
+    out = runner.invoke(main, ["bench", "--suite", SUITE, "--recipe", "stored", "--cache", str(text_cache)])
+    assert out.exit_code == 2 and "is --text-recipe stored" in out.output and len(out.output.strip().splitlines()) == 1
+    out = runner.invoke(main, ["bench", "--suite", "tiny3", "--text-recipe", "stored", "--cache", str(text_cache)])
+    assert out.exit_code == 2 and "applies to the text zoo" in out.output
+    out = runner.invoke(main, ["zoo", "build", "--suite", SUITE, "--recipe", "fast", "--cache", str(text_cache)])
+    assert out.exit_code == 2 and "unknown text recipe 'fast'" in out.output
 
 
 def test_unknown_text_encoder_is_one_clear_error():
@@ -281,7 +296,7 @@ def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, t
     from mdamerge.textzoo import results as R
 
     out = tmp_path / "docs" / "results_text.md"
-    R.main(["--suite", SUITE, "--recipe", "stored", "--methods", "task_arithmetic,adamerging_task", "--cache", str(text_cache),
+    R.main(["--suite", SUITE, "--methods", "task_arithmetic,adamerging_task", "--cache", str(text_cache),
             "--out", str(out), "--jobs", "1", "--val-limit", "16"])
     saved = json.loads(out.with_suffix(".json").read_text())
     res = BenchResult.from_dict(saved["result"])
@@ -294,8 +309,66 @@ def test_text_results_page_reports_the_table_and_the_recovered_gap(text_cache, t
     cos = saved["cosines"]
     assert 0 <= cos["mean_abs_cos"] <= cos["max_abs_cos"] <= 1
     # rendering again from the JSON gives the same page
-    R.main(["--suite", SUITE, "--recipe", "stored", "--cache", str(text_cache), "--out", str(out), "--render-only"])
+    R.main(["--suite", SUITE, "--cache", str(text_cache), "--out", str(out), "--render-only"])
     assert out.read_text() == page
+
+    # --add-methods benches only the new methods, joins their rows (replacing one of the same name) into the
+    # saved JSON with its reference rows, and rewrites the page
+    R.main(["--suite", SUITE, "--cache", str(text_cache), "--out", str(out), "--add-methods", "tsv,task_arithmetic"])
+    added = json.loads(out.with_suffix(".json").read_text())
+    res2 = BenchResult.from_dict(added["result"])
+    assert [r.name for r in res2.rows] == ["pretrained", "fine-tuned", "task_arithmetic", "tsv", "adamerging_task"]
+    for name in ("pretrained", "fine-tuned", "adamerging_task"):  # kept as saved, not evaluated again
+        assert res2.row(name).correct == res.row(name).correct and res2.row(name).seconds == res.row(name).seconds
+    assert res2.row("task_arithmetic").accuracies == res.row("task_arithmetic").accuracies  # same search, same row
+    assert res2.meta["val_limit"] == 16 and set(added["added"][0]["seconds"]) == {"tsv", "task_arithmetic"}
+    assert added["command"].endswith("; then --add-methods tsv,task_arithmetic")
+    # the same rows as a fresh bench of tsv on that zoo with that validation limit
+    from mdamerge.evaluation.bench import run_bench
+    from mdamerge.textzoo.build import TextZoo
+
+    fresh = run_bench(SUITE, "tsv", zoo=TextZoo(text_cache / "textzoo-additive"), val_limit=16, progress=False,
+                      threads=1)
+    assert res2.row("tsv").accuracies == fresh.row("tsv").accuracies and res2.row("tsv").params == fresh.row("tsv").params
+    page = out.read_text()
+    assert "| TSV-M |" in page and "Rows added to the saved table later with `--add-methods`" in page
+    assert "minus TSV-M" in page
+
+
+def test_add_methods_joins_rows_by_name_and_keeps_kinds_in_order():
+    from mdamerge.evaluation.bench import BenchResult, Row
+    from mdamerge.textzoo.results import add_rows
+
+    ref = [Row("pretrained", "reference", {"a": 0.5}), Row("fine-tuned", "reference", {"a": 0.9})]
+    old = BenchResult("s", ["a"], [*ref, Row("tsv", "data-free", {"a": 0.7}), Row("mda_am", "data-based", {"a": 0.6}),
+                                   Row("mda", "data-free", {"a": 0.65}, params={"polar": True})], {"val_limit": 8})
+    new = BenchResult("s", ["a"], [Row("pretrained", "reference", {"a": 0.1}), Row("fine-tuned", "reference", {"a": 0.2}),
+                                   Row("mda", "data-free", {"a": 0.71}, params={"polar": False}),
+                                   Row("iso_c", "data-free", {"a": 0.72})])
+    joined = add_rows(old, new)
+    assert [r.name for r in joined.rows] == ["pretrained", "fine-tuned", "tsv", "mda", "iso_c", "mda_am"]
+    assert joined.row("mda").params == {"polar": False} and joined.row("pretrained").accuracies == {"a": 0.5}
+    assert joined.meta == {"val_limit": 8}
+    with pytest.raises(ConfigError, match="cannot join rows of s"):
+        add_rows(old, BenchResult("s", ["b"], []))
+
+
+def test_results_command_errors_are_one_line_with_status_2(tmp_path, capsys):
+    from mdamerge.textzoo import results as R
+
+    with pytest.raises(SystemExit) as exc:
+        R.main(["--add-methods", "tsv", "--out", str(tmp_path / "page.md"), "--cache", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"error: no saved table at {tmp_path / 'page.json'}; run without "
+                                        "--render-only / --add-methods first"]
+    (tmp_path / "page.json").write_text(json.dumps({"result": {"suite": "text8", "tasks": [], "rows": []}}))
+    with pytest.raises(SystemExit) as exc:
+        R.main(["--add-methods", "tsv", "--suite", "text2", "--out", str(tmp_path / "page.md"), "--cache", str(tmp_path)])
+    assert exc.value.code == 2 and "holds the text8 table, not text2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        R.main(["--mda-options", "side=both", "--render-only", "--out", str(tmp_path / "page.md"), "--cache", str(tmp_path)])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: unknown MDA option 'side'")
 
 
 def test_join_results_keeps_one_set_of_reference_rows():
@@ -316,9 +389,9 @@ def test_mda_options_fixed_on_the_results_command_line_are_parsed_and_checked():
     assert mda_method_options(None) is None
     assert mda_method_options("etf_side=both, etf_over=tasks,polar=False") == {
         "mda": {"etf_side": "both", "etf_over": "tasks", "polar": False}}
-    with pytest.raises(SystemExit, match="unknown MDA option 'side'"):
+    with pytest.raises(ConfigError, match="unknown MDA option 'side'"):
         mda_method_options("side=both")
-    with pytest.raises(SystemExit, match="etf_over takes directions, tasks, not 'rows'"):
+    with pytest.raises(ConfigError, match="etf_over takes directions, tasks, not 'rows'"):
         mda_method_options("etf_over=rows")
 
 
@@ -334,6 +407,27 @@ def test_text_recipes_keep_the_stored_one_and_name_their_folders():
         recipe_subdir("fast")
 
 
+def test_text_suites_default_to_the_additive_recipes_zoo(tmp_path):
+    pytest.importorskip("transformers")
+    from mdamerge.textzoo.build import DEFAULT_TEXT_RECIPE, TEXT_RECIPES, TextZoo, TextZooSettings
+    from mdamerge.zoo.build import zoo_for_tasks
+    from mdamerge.zoo.commands import TEXT_RECIPE_NAMES
+
+    assert DEFAULT_TEXT_RECIPE == "additive" and sorted(TEXT_RECIPE_NAMES) == sorted(TEXT_RECIPES)
+    zoo = zoo_for_tasks("text2", cache=tmp_path)
+    assert zoo.root == tmp_path / "textzoo-additive" and zoo.settings == TEXT_RECIPES["additive"]
+    stored = zoo_for_tasks("text2", cache=tmp_path, recipe="stored")
+    assert stored.root == tmp_path / "textzoo" and stored.settings == TEXT_RECIPES["stored"]
+    # a zoo already built keeps the settings it was built with, under either recipe's folder
+    tiny = TextZooSettings(encoder="tiny-random-bert", test_size=48)
+    TextZoo(tmp_path / "x" / "textzoo-additive", tiny)._save_state()
+    assert zoo_for_tasks("text2", cache=tmp_path / "x").settings == tiny
+    with pytest.raises(ConfigError, match="unknown text recipe 'fast'"):
+        zoo_for_tasks("text2", cache=tmp_path, recipe="fast")
+    with pytest.raises(ConfigError, match="--recipe stored applies to the text zoo"):
+        zoo_for_tasks("tiny3", cache=tmp_path, recipe="stored")
+
+
 def test_the_stored_recipes_paragraph_states_its_figures():
     from mdamerge.evaluation.bench import BenchResult, Row
     from mdamerge.textzoo.results import stored_paragraph
@@ -347,3 +441,29 @@ def test_the_stored_recipes_paragraph_states_its_figures():
     assert "(80 steps at lr 0.0003, mean pooling, 320 test examples per task;" in text
     assert "gained 10.0 points over the probe" in text and "scaling 0.02 (10% of the gap)" in text
     assert "the best data-free merge, TSV-M, recovered 25%; 1 of 1 data-based methods ended below" in text
+
+
+def test_per_method_statements_give_the_share_and_each_resolved_difference():
+    from mdamerge.evaluation.bench import BenchResult, Row
+    from mdamerge.evaluation.intervals import pack_correct
+    from mdamerge.textzoo.results import method_statements
+
+    n = 400
+
+    def row(name, kind, right):
+        c = torch.zeros(n, dtype=torch.bool)
+        c[:right] = True
+        return Row(name, kind, {"a": right / n}, correct={"a": pack_correct(c)})
+
+    rows = [row("pretrained", "reference", 200), row("fine-tuned", "reference", 300),
+            row("task_arithmetic", "data-free", 250), row("tsv", "data-free", 280),
+            row("iso_c", "data-free", 281), row("mda_am", "data-based", 190)]
+    text = method_statements(BenchResult("s", ["a"], rows))
+    lines = text.strip().splitlines()
+    assert lines[0] == ("- **Task arithmetic** (data-free): 62.5, 50% of the gap; minus TSV-M -7.5 "
+                        + lines[0].split("minus TSV-M -7.5 ")[1])
+    assert "(resolved, below)" in lines[0] and lines[0].count("minus") == 1  # no difference from itself
+    assert "minus Task arithmetic +7.5" in lines[1] and "(resolved, above)." in lines[1]
+    # one example apart from TSV-M: not resolved; 7.75 above task arithmetic: resolved
+    assert "minus TSV-M +0.2" in lines[2] and "(not resolved)" in lines[2] and "(resolved, above)" in lines[2]
+    assert lines[3].startswith("- **mda_am** (data-based): 47.5, -10% of the gap (below the pretrained row)")

@@ -22,7 +22,7 @@ def cls_zoo(tmp_path_factory):
     from mdamerge.textzoo.build import TextZoo, TextZooSettings
     from mdamerge.zoo.finetune import TrainSettings
 
-    root = tmp_path_factory.mktemp("clszoo") / "textzoo"
+    root = tmp_path_factory.mktemp("clszoo") / "textzoo-additive"  # the default recipe's folder under a cache
     settings = TextZooSettings(encoder="tiny-random-bert", max_length=24, train_size=96, val_size=32, test_size=48,
                                finetune=TrainSettings(steps=12, batch_size=16, lr=2e-3), probe_steps=100, pooling="cls")
     zoo = TextZoo(root, settings)

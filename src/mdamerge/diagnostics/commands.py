@@ -26,6 +26,8 @@ def _paths(values) -> list[Path]:
 @click.option("--zoo-root", default=None, type=click.Path(file_okay=False), hidden=True,
               help="The zoo folder itself (old name; use --cache).")
 @click.option("--backbone", default=None, metavar="NAME", help="Vision zoo backbone: small (default) or base (CACHE/zoo-base).")
+@click.option("--recipe", "--text-recipe", "text_recipe", default=None, metavar="additive|stored",
+              help="Text suites: the text zoo's recipe, additive (default, CACHE/textzoo-additive) or stored (CACHE/textzoo).")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores not busy now).")
 @click.option("--rank-fraction", type=float, default=None, help="k for principal angles as a fraction of min(m,n) (default 1/T).")
 @click.option("--max-layers", type=int, default=None, help="Analyse only the first N 2-D layers.")
@@ -34,8 +36,8 @@ def _paths(values) -> list[Path]:
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Report folder (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @interruptible("out_dir")
-def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, threads, rank_fraction, max_layers,
-            max_samples, device, out_dir, overwrite):
+def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, text_recipe, threads, rank_fraction,
+            max_layers, max_samples, device, out_dir, overwrite):
     """Directional diagnostics: task-vector cosines, principal angles, spectra and Delta_ETF, as an HTML/Markdown report."""
     from ..cli import set_threads
     from ..engine.core import resolve_device
@@ -54,6 +56,8 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, t
             raise MergeError(f"{flag} must be >= 1, got {value}")
     resolve_device(device)  # --device banana or an absent cuda: one line before any work
     tasks, zoo = None, None
+    if text_recipe and not (suite or task_list):
+        raise MergeError(f"--recipe {text_recipe} picks the text zoo of --suite/--tasks; give a text suite")
     if suite or task_list:
         from ..adaptation.registry import resolve_tasks
         from ..errors import closest_hint
@@ -66,9 +70,9 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, t
         if cache:
             from ..zoo.commands import zoo_from_cache
 
-            zoo = zoo_from_cache(cache, tasks, backbone)
+            zoo = zoo_from_cache(cache, tasks, backbone, text_recipe)
         else:
-            zoo = zoo_for_tasks(tasks, root=zoo_root, backbone=backbone)
+            zoo = zoo_for_tasks(tasks, root=zoo_root, backbone=backbone, recipe=text_recipe)
         missing = zoo.missing(tasks)
         if missing:
             raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")

@@ -319,6 +319,7 @@ def run_bench(
     threads: int | None = None,
     unseen: int | str | Sequence[str] | None = None,
     backbone: str | None = None,
+    reference_rows: Sequence[Row] | None = None,
 ) -> BenchResult:
     """Benchmark ``methods`` on a suite of the zoo; builds missing zoo models when ``build``.
 
@@ -333,12 +334,14 @@ def run_bench(
     ``backbone``: the vision zoo's backbone when no ``zoo`` is given (``small``, the default, or
     ``base``; see :data:`mdamerge.zoo.build.BACKBONES`); its results files are named
     ``bench-<suite>-<backbone>`` so that they never overwrite the default backbone's.
+    ``reference_rows``: the pretrained and fine-tuned rows of an earlier run on the same zoo and tasks,
+    reused instead of evaluated again (adding methods to a saved table).
     """
     if zoo is None and backbone is not None:
         zoo = zoo_for_tasks(resolve_tasks(suite if isinstance(suite, str) else list(suite)), backbone=backbone)
     with cpu_threads(threads, device):
         return _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, build, progress, log,
-                          method_options, unseen)
+                          method_options, unseen, reference_rows)
 
 
 def held_out_tasks(tasks: Sequence[str], unseen: int | str | Sequence[str] | None) -> list[str]:
@@ -361,7 +364,7 @@ def held_out_tasks(tasks: Sequence[str], unseen: int | str | Sequence[str] | Non
 
 
 def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, build, progress, log,
-               method_options, unseen=None) -> BenchResult:
+               method_options, unseen=None, reference_rows=None) -> BenchResult:
     say = log or (lambda _msg: None)
     suite_name = suite if isinstance(suite, str) and suite in SUITES else "custom"
     tasks = resolve_tasks(suite if isinstance(suite, str) else list(suite))
@@ -382,7 +385,10 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
 
     base = zoo.base_state_dict()  # read through mdamerge.io.checkpoint.Checkpoint
     finetuned = [zoo.finetuned_state_dict(t) for t in seen]
-    rows = [_pretrained_row(zoo, tasks, device), _finetuned_row(zoo, tasks, device)]
+    if reference_rows is not None:
+        rows = _checked_reference_rows(reference_rows, tasks)
+    else:
+        rows = [_pretrained_row(zoo, tasks, device), _finetuned_row(zoo, tasks, device)]
     say(_row_line(rows[0]))
     say(_row_line(rows[1]))
 
@@ -421,6 +427,22 @@ def _row_line(row: Row) -> str:
     params = ", ".join(f"{k}={v}" for k, v in row.params.items())
     return f"{row.name}: average {100 * row.average:.1f}%" + (f" ({params})" if params else "") + (
         f" [{row.seconds:.0f}s]" if row.seconds else "")
+
+
+def _checked_reference_rows(rows: Sequence[Row], tasks: list[str]) -> list[Row]:
+    """The given pretrained and fine-tuned rows (copies), checked to cover exactly ``tasks``."""
+    import copy
+
+    by_name = {r.name: r for r in rows}
+    out = []
+    for name in ("pretrained", "fine-tuned"):
+        if name not in by_name:
+            raise ConfigError(f"the reference rows lack the '{name}' row")
+        if sorted(by_name[name].accuracies) != sorted(tasks):
+            raise ConfigError(f"the saved '{name}' row covers tasks {sorted(by_name[name].accuracies)}, "
+                              f"not this benchmark's {sorted(tasks)}")
+        out.append(copy.deepcopy(by_name[name]))
+    return out
 
 
 def _pretrained_row(zoo: Zoo, tasks: list[str], device: str) -> Row:

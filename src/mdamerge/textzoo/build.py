@@ -6,7 +6,8 @@ a linear probe of the pretrained encoder, LP-FT). A merged encoder is evaluated 
 task's own fine-tuned head. The pretrained reference row is the frozen encoder with the
 linear probe (fitted on its frozen training features).
 
-Layout (``default_cache_dir()/textzoo`` unless told otherwise), as the vision zoo's plus::
+Layout (``default_cache_dir()/textzoo-additive`` for the default recipe, ``textzoo`` for the stored
+one; :func:`recipe_subdir`), as the vision zoo's plus::
 
     pretrained/               the encoder (BertModel folder) and its tokenizer
     probes/<task>.safetensors linear probe of the pretrained encoder
@@ -100,6 +101,9 @@ TEXT_RECIPES: dict[str, TextZooSettings] = {
         val_size=256, test_size=1000, pooling="cls",
         finetune=TrainSettings(steps=200, batch_size=16, lr=1e-4, weight_decay=0.01, warmup=0.1)),
 }
+
+
+DEFAULT_TEXT_RECIPE = "additive"  # what the commands use for text suites unless told --recipe stored
 
 
 def recipe_subdir(recipe: str) -> str:

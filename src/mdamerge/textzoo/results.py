@@ -10,6 +10,7 @@ checkpoints when they are built), and one paragraph on the stored recipe's run b
 (``docs/results_text_stored.json``). ``docs/results.md`` embeds the page.
 
     python -m mdamerge.textzoo.results [--suite text8] [--recipe additive] [--methods all] [--render-only]
+    python -m mdamerge.textzoo.results --add-methods iso_c,iso_cts   # bench only these, join them into the saved JSON
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import datetime as _dt
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError, MergeError
 from ..evaluation.bench import MDA_OPTIONS, BenchResult, adaptive_methods, resolve_methods, run_bench
 from ..evaluation.tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, pct
 from ..zoo.build import Zoo, default_cache_dir
@@ -112,6 +115,53 @@ def join_results(parts: list[BenchResult]) -> BenchResult:
     meta = dict(first.meta)
     meta["seconds"] = [p.meta.get("seconds") for p in parts]
     return BenchResult(first.suite, first.tasks, rows, meta)
+
+
+def add_rows(result: BenchResult, new: BenchResult) -> BenchResult:
+    """``result`` with the method rows of ``new`` (same suite and tasks) put in: a row of the same name is
+    replaced, others are appended; data-free rows stay before data-based ones. Reference rows are kept."""
+    if new.suite != result.suite or list(new.tasks) != list(result.tasks):
+        raise ConfigError(f"cannot join rows of {new.suite} ({', '.join(new.tasks)}) into a table of "
+                          f"{result.suite} ({', '.join(result.tasks)})")
+    added = {r.name: r for r in new.rows if r.kind != "reference"}
+    rows = [added.pop(r.name, r) for r in result.rows]
+    rows += list(added.values())
+    order = {"reference": 0, "data-free": 1, "data-based": 2}
+    rows = sorted(rows, key=lambda r: order.get(r.kind, 3))  # stable: keeps the order within a kind
+    return BenchResult(result.suite, list(result.tasks), rows, dict(result.meta))
+
+
+def add_methods(saved: dict, methods: str, zoo: TextZoo, device: str, log, method_options: dict | None = None,
+                save=None) -> dict:
+    """Bench ``methods`` on the zoo of a saved page (its validation limit, its reference rows) and join
+    each row into ``saved`` as soon as it is done (``save(saved)`` after each, so that a long run that is
+    stopped keeps its finished rows). A row of a method already in the table is replaced."""
+    result = BenchResult.from_dict(saved["result"])
+    stored_settings = result.meta.get("zoo_settings")
+    if stored_settings is not None and stored_settings != zoo.settings.to_dict():
+        raise ConfigError(f"the saved table was made on a zoo with other settings than the one at {zoo.root} "
+                          f"(fingerprint {zoo.settings.fingerprint()}); pick its --recipe / --cache")
+    missing = zoo.missing(result.tasks)
+    if missing:
+        raise ConfigError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; --add-methods adds rows "
+                          "to a table whose zoo is built")
+    names = resolve_methods(methods)
+    val_limit = result.meta.get("val_limit")
+    references = [r for r in result.rows if r.kind == "reference"]
+    record = {"methods": names, "started": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "seconds": {},
+              "load_after": None}
+    saved.setdefault("added", []).append(record)
+    for name in names:
+        start = time.perf_counter()
+        new = run_bench(result.suite, [name], zoo=zoo, device=device, val_limit=val_limit, progress=False,
+                        log=log, threads=1, method_options=method_options, reference_rows=references)
+        result = add_rows(result, new)
+        record["seconds"][name] = round(time.perf_counter() - start, 1)
+        record["load_after"] = _load()
+        saved["result"] = result.to_dict()
+        if save is not None:
+            save(saved)
+    return saved
 
 
 def vision_reference(docs: Path, cache: Path) -> dict:
@@ -236,6 +286,8 @@ def render(saved: dict, zoo: TextZoo, vision: dict, stored: dict | None = None) 
         f"{result.meta.get('val_limit') or 'all'} validation examples of each task. "
         "**Avg** = mean over tasks; **Norm.** = mean of merged / fine-tuned accuracy.\n",
         markdown_table(result),
+        added_sentence(saved),
+        mda_sentence(saved, result),
         ("" if not saved.get("mda_options") else
          f"\nMDA's options were fixed (`{saved['mda_options']}`, the winner of the stored text8's validation search) "
          "to fit the CPU budget; only its scaling was chosen on validation here.\n"),
@@ -243,6 +295,8 @@ def render(saved: dict, zoo: TextZoo, vision: dict, stored: dict | None = None) 
         chosen_params_table(result),
         "\n## Differences from TSV-M and task arithmetic\n",
         interval_section(result) or "_The saved rows predate per-example results; no intervals._\n",
+        ("\nPer method (test average, share of the pretrained-to-fine-tuned gap, differences with their 95% "
+         "intervals):\n\n" + method_statements(result)) if result.intervals() else "",
         "\n## Share of the pretrained-to-fine-tuned gap recovered\n",
         "(method avg - pretrained avg) / (fine-tuned avg - pretrained avg), test averages"
         + (f"; the vision zoo's {VISION_SUITE} from [results.md](results.md) beside it.\n" if vres else ".\n"),
@@ -252,7 +306,62 @@ def render(saved: dict, zoo: TextZoo, vision: dict, stored: dict | None = None) 
     ]
     if stored:
         parts += ["\n## Before: the stored recipe\n", stored_paragraph(stored)]
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
+
+
+def method_statements(result: BenchResult) -> str:
+    """One plain line per method: its test average, the share of the gap it recovers, and its difference
+    from TSV-M and from task arithmetic with the paired bootstrap interval, said resolved or not."""
+    intervals = result.intervals()
+    pre = result.row("pretrained").average
+    lines = []
+    for r in result.rows:
+        if r.kind == "reference":
+            continue
+        text = f"- **{display_name(r.name)}** ({r.kind}): {pct(r.average)}, {pct(gap_recovered(result, r.name), 0)}% of the gap"
+        if r.average < pre:
+            text += " (below the pretrained row)"
+        for ref in ("tsv", "task_arithmetic"):
+            i = intervals.get(r.name, {}).get(ref)
+            if i is None:
+                continue
+            verdict = ("resolved, above" if i.low > 0 else "resolved, below") if i.resolved else "not resolved"
+            text += (f"; minus {display_name(ref)} {100 * i.diff:+.1f} [{100 * i.low:+.1f}, {100 * i.high:+.1f}] "
+                     f"({verdict})")
+        lines.append(text + ".")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def added_sentence(saved: dict) -> str:
+    """When rows were added to the saved table later (``--add-methods``): which, when, and each one's time."""
+    added = saved.get("added") or []
+    if not added:
+        return ""
+    parts = []
+    for rec in added:
+        times = ", ".join(f"{display_name(m)} {s / 60:.1f} min" for m, s in rec["seconds"].items())
+        left = [m for m in rec["methods"] if m not in rec["seconds"]]
+        parts.append(f"started {rec['started']}: {times or 'none finished'}"
+                     + (f" (not finished: {', '.join(display_name(m) for m in left)})" if left else "")
+                     + (f"; load average after: {rec['load_after']}" if rec.get("load_after") else ""))
+    return ("\nRows added to the saved table later with `--add-methods` (same zoo, the same reference rows and "
+            "validation limit, 1 torch thread; bench time per method): " + "; ".join(parts) + ".\n")
+
+
+def mda_sentence(saved: dict, result: BenchResult) -> str:
+    """MDA's options as its validation search chose them (when they were searched, not fixed)."""
+    if saved.get("mda_options"):
+        return ""
+    try:
+        row = result.row("mda")
+    except KeyError:
+        return ""
+    sets = {tuple((k, t.params.get(k)) for k in MDA_OPTIONS) for t in row.trials}
+    if len(sets) < 2:
+        return ""
+    chosen = ", ".join(f"{k}={row.params.get(k)}" for k in MDA_OPTIONS)
+    return (f"\nMDA's options were searched on validation ({len(sets)} option sets, each with its scaling "
+            f"search; {len(row.trials)} configurations): chosen {chosen}, scaling {row.params.get('scaling')}.\n")
 
 
 def stored_paragraph(saved: dict) -> str:
@@ -284,15 +393,24 @@ def mda_method_options(text: str | None) -> dict | None:
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key.strip() not in MDA_OPTIONS:
-            raise SystemExit(f"error: unknown MDA option '{key.strip()}'; options: {', '.join(MDA_OPTIONS)}")
+            raise ConfigError(f"unknown MDA option '{key.strip()}'; options: {', '.join(MDA_OPTIONS)}")
         allowed = {str(v).lower(): v for v in MDA_OPTIONS[key.strip()]}
         if value.strip().lower() not in allowed:
-            raise SystemExit(f"error: MDA option {key.strip()} takes {', '.join(allowed)}, not '{value.strip()}'")
+            raise ConfigError(f"MDA option {key.strip()} takes {', '.join(allowed)}, not '{value.strip()}'")
         options[key.strip()] = allowed[value.strip().lower()]
     return {"mda": options}
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; a mistake in its input is one line, ``error: ...``, and exit status 2."""
+    try:
+        _main(argv)
+    except MergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="text8")
     parser.add_argument("--recipe", default="additive", choices=list(TEXT_RECIPES),
@@ -304,24 +422,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="2: data-free and data-based methods in two processes")
     parser.add_argument("--out", default=f"docs/{PAGE}")
     parser.add_argument("--render-only", action="store_true", help="rewrite the page from its saved JSON")
+    parser.add_argument("--add-methods", default=None, metavar="LIST",
+                        help="bench only these methods (one process, 1 torch thread) on the saved JSON's zoo, with "
+                             "its reference rows and validation limit, and join them into it (a method already "
+                             "there is replaced); the JSON is saved after each method; then the page is rewritten")
     parser.add_argument("--mda-options", default=None,
                         help="fix MDA's options instead of searching them on validation, e.g. "
                              "etf_side=both,etf_over=tasks,polar=true (a CPU budget; stated on the page)")
     args = parser.parse_args(argv)
+    if args.add_methods and args.render_only:
+        raise ConfigError("--add-methods and --render-only exclude each other")
     cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
     root = cache / recipe_subdir(args.recipe)
     zoo = TextZoo(root, settings=None if (root / "zoo.json").exists() else TEXT_RECIPES[args.recipe])
     out = Path(args.out)
     saved_path = out.with_suffix(".json")
-    if args.render_only:
+    options = mda_method_options(args.mda_options)
+    if args.render_only or args.add_methods:
+        if not saved_path.is_file():
+            raise ConfigError(f"no saved table at {saved_path}; run without --render-only / --add-methods first")
         saved = json.loads(saved_path.read_text())
-    else:
+    if args.add_methods:
+        if saved["result"]["suite"] != args.suite:
+            raise ConfigError(f"{saved_path} holds the {saved['result']['suite']} table, not {args.suite}")
+        names = resolve_methods(args.add_methods)
+        if "mda" in names:  # the MDA row is replaced: its options are now fixed as given, or searched
+            saved["mda_options"] = args.mda_options
+        saved["command"] = (saved.get("command", COMMAND) + f"; then --add-methods {','.join(names)}"
+                            + (f" --mda-options {args.mda_options}" if args.mda_options and "mda" in names else ""))
+
+        def save(data: dict) -> None:
+            saved_path.write_text(json.dumps(data, indent=1) + "\n")
+
+        add_methods(saved, ",".join(names), zoo, args.device, log=print, method_options=options, save=save)
+    elif not args.render_only:
         started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         command = (f"python -m mdamerge.textzoo.results --suite {args.suite} --recipe {args.recipe} "
                    f"--methods {args.methods}" + (f" --mda-options {args.mda_options}" if args.mda_options else ""))
         saved = {"started": started, "command": command, "mda_options": args.mda_options, **build_and_bench(args.suite, args.methods, zoo, args.device,
                                                           args.val_limit or None, log=print, jobs=args.jobs,
-                                                          method_options=mda_method_options(args.mda_options))}
+                                                          method_options=options)}
         saved["cosines"] = task_vector_cosines(zoo, saved["result"]["tasks"])
         out.parent.mkdir(parents=True, exist_ok=True)
         saved_path.write_text(json.dumps(saved, indent=1) + "\n")

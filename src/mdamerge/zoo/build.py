@@ -104,24 +104,33 @@ def vision_zoo(root: str | Path | None = None, cache: str | Path | None = None,
 
 
 def zoo_for_tasks(tasks_or_suite: str | Iterable[str], root: str | Path | None = None,
-                  cache: str | Path | None = None, backbone: str | None = None) -> "Zoo":
-    """The zoo that holds these tasks: the vision :class:`Zoo` or the text zoo (``textzoo``).
+                  cache: str | Path | None = None, backbone: str | None = None, recipe: str | None = None) -> "Zoo":
+    """The zoo that holds these tasks: the vision :class:`Zoo` or a text zoo.
 
     ``root`` is the zoo folder itself; otherwise ``cache`` (default :func:`default_cache_dir`)
-    plus the zoo's own subfolder (``zoo``, ``zoo-<backbone>`` or ``textzoo``). ``backbone``
-    picks the vision zoo's backbone (:data:`BACKBONES`; default ``small``); the text zoo has one.
+    plus the zoo's own subfolder (``zoo``, ``zoo-<backbone>``, or the text recipe's
+    ``textzoo-additive`` / ``textzoo``). ``backbone`` picks the vision zoo's backbone
+    (:data:`BACKBONES`; default ``small``); the text zoo has one. ``recipe`` picks the text
+    zoo's fine-tuning recipe (:data:`mdamerge.textzoo.build.TEXT_RECIPES`; default ``additive``,
+    the benchmark's; ``stored`` is the text8 of before): a new text zoo is set up with it, an
+    existing one keeps the settings it was built with.
     """
     from .tasks import task_family
 
     names = resolve_tasks(_as_names(tasks_or_suite))
     if task_family(names) == "text":
-        from ..textzoo.build import TextZoo as cls
+        from ..textzoo.build import DEFAULT_TEXT_RECIPE, TEXT_RECIPES, TextZoo, recipe_subdir
 
         if backbone not in (None, DEFAULT_BACKBONE):
             raise ConfigError(f"--backbone {backbone} applies to the vision zoo; the text zoo has one backbone")
+        recipe = recipe or DEFAULT_TEXT_RECIPE
+        subdir = recipe_subdir(recipe)  # validates the name
         if root is None:
-            root = (Path(cache).expanduser() if cache else default_cache_dir()) / cls.SUBDIR
-        return cls(root)
+            root = (Path(cache).expanduser() if cache else default_cache_dir()) / subdir
+        root = Path(root).expanduser()
+        return TextZoo(root, settings=None if (root / ZOO_FILE).exists() else TEXT_RECIPES[recipe])
+    if recipe is not None:
+        raise ConfigError(f"--recipe {recipe} applies to the text zoo (text suites); the vision zoo has one recipe")
     return vision_zoo(root, cache, backbone)
 
 
