@@ -318,7 +318,9 @@ def method_statements(result: BenchResult) -> str:
     for r in result.rows:
         if r.kind == "reference":
             continue
-        text = f"- **{display_name(r.name)}** ({r.kind}): {pct(r.average)}, {pct(gap_recovered(result, r.name), 0)}% of the gap"
+        name = display_name(r.name)
+        kind = "" if r.kind in name else f" ({r.kind})"  # "MDA (data-free)" says it already
+        text = f"- **{name}**{kind}: {pct(r.average)}, {pct(gap_recovered(result, r.name), 0)}% of the gap"
         if r.average < pre:
             text += " (below the pretrained row)"
         for ref in ("tsv", "task_arithmetic"):
