@@ -467,6 +467,31 @@ def test_results_update_benches_only_the_named_suite_and_keeps_the_others(cache,
     assert f"{SUITE} TIES no longer benchmarked" in text
     assert f"Against TSV-M on {SUITE}:" in text
 
+    # --add-methods joins rows into the re-benched suite (same zoo, its reference rows); a data-based row too
+    results_mod.main(["--cache", str(cache), "--out", str(out), "--add-methods", "ties,adamerging_task",
+                      "--suites", SUITE, "--adaptive-steps", "2", "--threads", "1"])
+    added = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["name"]: r for r in added["suites"][SUITE]["rows"]}
+    assert [r["name"] for r in added["suites"][SUITE]["rows"]] == [
+        "pretrained", "fine-tuned", "task_arithmetic", "tsv", "ties", "adamerging_task"]
+    assert rows["adamerging_task"]["kind"] == "data-based" and rows["adamerging_task"]["params"]["steps"] == 2
+    assert rows["adamerging_task"]["correct"] and "adamerging_task" in added["suites"][SUITE]["intervals"]
+    assert rows["pretrained"] == {**new["suites"][SUITE]["rows"][0]}  # the saved reference rows, not re-evaluated
+    assert added["suites"]["tasks8"] == kept and added["added"][0]["suite"] == SUITE
+    assert set(added["added"][0]["seconds"]) == {"ties", "adamerging_task"}
+    text = out.read_text()
+    assert f"- {SUITE}: TIES " in text and "data-based methods at 2 steps" in text
+    assert "| adamerging_task | " in text and " | - | - |" in text  # the summary: tasks8 has no such row
+    assert f"Best data-free method: " in text and "Best data-free method: adamerging_task" not in text
+    elsewhere = json.loads(out.with_suffix(".json").read_text())
+    elsewhere["suites"][SUITE]["meta"]["zoo"] = str(tmp_path / "another-zoo")
+    out.with_suffix(".json").write_text(json.dumps(elsewhere))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        results_mod.main(["--cache", str(cache), "--out", str(out), "--add-methods", "ties", "--suites", SUITE])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "were benched on the zoo at" in err
+
     # a zoo with other settings than the saved rows': one line, exit status 2, nothing written
     saved["suites"][SUITE]["meta"]["zoo_settings"]["finetune"]["lr"] = 1.0
     out.with_suffix(".json").write_text(json.dumps(saved))

@@ -4,7 +4,8 @@
 of the zoo is missing (the 20-task zoo included), benchmarks each suite, and rewrites the
 Markdown file with the tables, the hyperparameters chosen on validation, MDA's option
 search and the zoo build times. ``--update --suites tasks8`` benchmarks only the suites named
-and puts them into the saved ``docs/results.json`` (the other suites' rows stay as saved).
+and puts them into the saved ``docs/results.json`` (the other suites' rows stay as saved);
+``--add-methods data-based --suites tasks8`` adds rows to a saved suite benched on this zoo.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from ..errors import ConfigError, MergeError
 from ..zoo.build import Zoo, ZooSettings, default_cache_dir
 from ..zoo.tasks import SUITES, TASKS
-from .bench import BenchResult, mda_option_summary, run_bench
+from .bench import BenchResult, adaptive_methods, add_rows, mda_option_summary, resolve_methods, run_bench
 from .tables import chosen_params_table, display_name, interval_section, markdown_table, mda_options_table, pct
 
 DEFAULT_SUITES = ("tasks8", "tasks14", "tasks20")
@@ -90,12 +91,13 @@ def comparison_table(results: dict[str, BenchResult]) -> str:
     suites = list(results)
     lines = ["| Method | " + " | ".join(f"{s} Avg | {s} Norm." for s in suites) + " |",
              "| --- | " + " | ".join("---: | ---:" for _ in suites) + " |"]
-    names = [r.name for r in next(iter(results.values())).rows]
+    names = list(dict.fromkeys(r.name for res in results.values() for r in res.rows))
     for name in names:
         cells = []
         for s in suites:
             res = results[s]
-            cells += [pct(res.row(name).average), pct(res.normalized_average(name))]
+            present = any(r.name == name for r in res.rows)
+            cells += [pct(res.row(name).average), pct(res.normalized_average(name))] if present else ["-", "-"]
         lines.append(f"| {display_name(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -109,7 +111,7 @@ def mda_verdict(results: dict[str, BenchResult]) -> list[str]:
             continue
         mda = res.row("mda").average
         diffs = [f"{display_name(m)} {100 * (mda - res.row(m).average):+.1f}" for m in COMPARED[:-1] if m in names]
-        best = max((r for r in res.rows if r.kind != "reference"), key=lambda r: r.average)
+        best = max((r for r in res.rows if r.kind == "data-free"), key=lambda r: r.average)
         out.append(f"- **{suite}**: MDA {pct(mda)}% average; MDA minus " + ", ".join(diffs)
                    + f" points. Best data-free method: {display_name(best.name)} ({pct(best.average)}%).")
     return out
@@ -285,8 +287,21 @@ def update_sentences(updates: list[dict]) -> str:
     return "Suites benchmarked again later (the other suites' rows are from the run above):\n\n" + "\n".join(out) + "\n"
 
 
+def added_sentences(added: list[dict]) -> str:
+    """Rows added to a saved suite later with ``--add-methods``: which, when, and each one's bench time."""
+    out = []
+    for rec in added:
+        times = ", ".join(f"{display_name(m)} {sec / 60:.1f} min" for m, sec in rec["seconds"].items())
+        left = [display_name(m) for m in rec["methods"] if m not in rec["seconds"]]
+        out.append(f"- {rec['suite']}: {times or 'none finished'}" + (f" (not finished: {', '.join(left)})" if left else "")
+                   + f"; started {rec['started']}, {rec.get('threads') or 'auto'} torch thread(s)"
+                   + (f", data-based methods at {rec['adaptive_steps']} steps" if rec.get("adaptive_steps") else ""))
+    return ("Rows added to a saved suite later with `--add-methods` (same zoo, reference rows and validation limit; "
+            "bench time per method):\n\n" + "\n".join(out) + "\n")
+
+
 def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float,
-           adaptive_page: Path | None = None, updates: list[dict] | None = None) -> str:
+           adaptive_page: Path | None = None, updates: list[dict] | None = None, added: list[dict] | None = None) -> str:
     s = zoo.settings
     parts = [
         "# Benchmark results (offline zoo)\n",
@@ -296,6 +311,7 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         f"{benchmark_threads(results)} threads, {os.cpu_count()} CPUs ({platform.machine()}); "
         "the machine is shared, so times depend on its load (load averages below).\n",
         update_sentences(updates) if updates else "",
+        added_sentences(added) if added else "",
         zoo_threads_line(zoo),
         f"Backbone: TinyViT dim {s.model.dim}, depth {s.model.depth}, patch {s.model.patch_size}, "
         f"{zoo.pretrain_record.get('num_parameters')} parameters. Fine-tuning: {s.finetune.steps} steps, batch "
@@ -350,6 +366,12 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for building and benchmarking (default: the cores the machine's load "
                              "leaves free; the zoo is bit-reproducible only at the same count)")
+    parser.add_argument("--add-methods", default=None, metavar="LIST",
+                        help="bench only these methods on each of --suites as saved (their reference rows and "
+                             "validation limit, on the zoo they were benched on) and join the rows in (a method "
+                             "already there is replaced); the JSON is saved after each method")
+    parser.add_argument("--adaptive-steps", type=int, default=None,
+                        help="with --add-methods: optimisation steps of the data-based methods (default: theirs)")
     parser.add_argument("--update", action="store_true",
                         help="benchmark only --suites and put them into the saved JSON (the other suites' rows are "
                              "kept as saved; the zoo must have the settings the saved rows were made with)")
@@ -361,8 +383,14 @@ def _main(argv: list[str] | None = None) -> None:
     zoo = Zoo((Path(args.cache).expanduser() if args.cache else default_cache_dir()) / "zoo")
     out = Path(args.out)
     adaptive_page = out.parent / ADAPTIVE_PAGE
-    if args.render_only and args.update:
-        raise ConfigError("--update and --render-only exclude each other")
+    if sum(map(bool, (args.render_only, args.update, args.add_methods))) > 1:
+        raise ConfigError("--render-only, --update and --add-methods exclude each other")
+    if args.adaptive_steps is not None and not args.add_methods:
+        raise ConfigError("--adaptive-steps goes with --add-methods")
+    if args.add_methods:
+        add_methods(out, suites, args.add_methods, zoo, args.device, adaptive_page, threads=args.threads,
+                    adaptive_steps=args.adaptive_steps)
+        return
     if args.render_only:
         rerender(out, zoo, adaptive_page)
         return
@@ -398,7 +426,7 @@ def rerender(out: Path, zoo: Zoo, adaptive_page: Path) -> None:
     saved = load_saved(out, "--render-only")
     results = {s: BenchResult.from_dict(r) for s, r in saved["suites"].items()}
     out.write_text(render(results, page_zoo(zoo, saved, results), saved["builds"], saved["started"], saved["seconds"],
-                          adaptive_page, saved.get("updates")))
+                          adaptive_page, saved.get("updates"), saved.get("added")))
     print(f"wrote {out}")
 
 
@@ -416,6 +444,47 @@ def check_update(saved: dict, suites: list[str], zoo: Zoo) -> None:
     if "zoo" not in saved and any(zoo.missing(s) for s in kept):
         raise ConfigError(f"the saved JSON holds no zoo facts and the zoo at {zoo.root} lacks tasks of "
                           f"{', '.join(kept)}; run without --update")
+
+
+def add_methods(out: Path, suites: list[str], methods: str, zoo: Zoo, device: str, adaptive_page: Path,
+                log=print, threads: int | None = None, adaptive_steps: int | None = None) -> dict:
+    """Bench ``methods`` on each saved suite of ``suites`` with its reference rows and validation limit and join
+    the rows in, saving the JSON after each method (a stopped run keeps its finished rows); rewrite the page.
+
+    The saved rows must have been benched on this very zoo (its folder): a zoo rebuilt with the same settings
+    on another machine is not bit-identical, so its rows could not be compared with the saved ones."""
+    saved = load_saved(out, "--add-methods")
+    names = resolve_methods(methods)
+    for suite in suites:
+        if suite not in saved["suites"]:
+            raise ConfigError(f"no saved {suite} rows to add to; run --update --suites {suite} first")
+        meta = saved["suites"][suite].get("meta", {})
+        if Path(meta.get("zoo", "")).expanduser().resolve() != zoo.root.resolve():
+            raise ConfigError(f"the saved {suite} rows were benched on the zoo at {meta.get('zoo')}, not {zoo.root}; "
+                              f"pick its --cache, or run --update --suites {suite} on this zoo first")
+        check_update(saved, [suite], zoo)
+        if zoo.missing(suite):
+            raise ConfigError(f"task '{zoo.missing(suite)[0]}' is not built in the zoo at {zoo.root}")
+    adaptive = adaptive_methods()
+    options = {m: {"steps": adaptive_steps, "progress": False} for m in names if m in adaptive and adaptive_steps}
+    saved_path = out.with_suffix(".json")
+    for suite in suites:
+        result = BenchResult.from_dict(saved["suites"][suite])
+        references = [r for r in result.rows if r.kind == "reference"]
+        record = {"suite": suite, "methods": names, "started": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                  "seconds": {}, "threads": threads, "adaptive_steps": adaptive_steps}
+        saved.setdefault("added", []).append(record)
+        for name in names:
+            start = time.perf_counter()
+            new = run_bench(suite, [name], zoo=zoo, device=device, val_limit=result.meta.get("val_limit"),
+                            progress=False, log=log, threads=threads, method_options=options,
+                            reference_rows=references)
+            result = add_rows(result, new)
+            record["seconds"][name] = round(time.perf_counter() - start, 1)
+            saved["suites"][suite] = result.to_dict()
+            saved_path.write_text(json.dumps(saved, indent=1) + "\n")
+    rerender(out, zoo, adaptive_page)
+    return saved
 
 
 def merged_zoo_facts(saved_facts: dict | None, zoo: Zoo, suites: list[str]) -> dict:
