@@ -463,7 +463,12 @@ def test_results_update_benches_only_the_named_suite_and_keeps_the_others(cache,
     assert text.count("_No intervals") == 1  # tasks8's
     assert f"Differences from TSV-M and task arithmetic on {SUITE}:\n\nDifferences of average" in text
     assert f"- {SUITE}: benchmarked again with `--update`" in text and "the same as the earlier rows'" in text
-    assert f"{SUITE} TSV-M 50.0 -> {100 * rows['tsv']['average']:.1f}" in text
+    assert f"{SUITE} TSV-M 50.00 -> {100 * rows['tsv']['average']:.2f}" in text
+    assert new["zoo"] == facts and new["builds"] == {}  # the kept suites' zoo facts; this zoo's build is in the update
+    zoo = Zoo(cache / "zoo")
+    recorded = zoo.pretrain_record["seconds"] + sum(zoo.records[t]["seconds"] for t in SUITES[SUITE])
+    assert update["zoo_build"]["seconds"] == pytest.approx(recorded, abs=0.1)
+    assert f"whose zoo.json records a build of {recorded:.0f} s for {SUITE}" in text
     assert f"{SUITE} TIES no longer benchmarked" in text
     assert f"Against TSV-M on {SUITE}:" in text
 

@@ -272,11 +272,17 @@ def update_sentences(updates: list[dict]) -> str:
         text = (f"- {suites}: benchmarked again with `--update` (started {u['started']}, took "
                 f"{u['seconds'] / 60:.0f} min) on the zoo at `{u['zoo']}` (settings fingerprint {u['fingerprint']}")
         text += ", the same as the earlier rows'" if u.get("same_settings") else ""
-        text += "). "
+        text += ")"
+        zoo_build = u.get("zoo_build")
+        if zoo_build:
+            text += (f", whose zoo.json records a build of {zoo_build['seconds']:.0f} s for {suites} (pretraining "
+                     f"{zoo_build['pretrain_seconds']:.0f} s) at {zoo_build['threads']} torch thread(s); the zoo tables "
+                     "below are the earlier run's zoo")
+        text += ". "
         changed = []
         for suite, before in (u.get("previous") or {}).items():
             after = u.get("averages", {}).get(suite, {})
-            changed += [f"{suite} {display_name(n)} {pct(a)} -> {pct(after[n])}" for n, a in before.items()
+            changed += [f"{suite} {display_name(n)} {pct(a, 2)} -> {pct(after[n], 2)}" for n, a in before.items()
                         if n in after and round(100 * a, 2) != round(100 * after[n], 2)]
             gone = [n for n in before if n not in after]
             changed += [f"{suite} {display_name(n)} no longer benchmarked" for n in gone]
@@ -487,14 +493,6 @@ def add_methods(out: Path, suites: list[str], methods: str, zoo: Zoo, device: st
     return saved
 
 
-def merged_zoo_facts(saved_facts: dict | None, zoo: Zoo, suites: list[str]) -> dict:
-    """The saved zoo facts with the pretraining and the named suites' tasks replaced by this zoo's."""
-    new = zoo_facts(zoo, suites)
-    if not saved_facts:
-        return new
-    return {"pretrain": new["pretrain"], "tasks": {**saved_facts.get("tasks", {}), **new["tasks"]}}
-
-
 def update(out: Path, suites: list[str], methods: str, zoo: Zoo, device: str, val_limit: int | None,
            adaptive_page: Path, log=print, threads: int | None = None) -> dict:
     """Benchmark ``suites`` again and put them into the saved JSON beside the suites it keeps; rewrite the page.
@@ -510,14 +508,19 @@ def update(out: Path, suites: list[str], methods: str, zoo: Zoo, device: str, va
     previous = {s: {r["name"]: r["average"] for r in saved["suites"][s]["rows"]} for s in suites if s in saved["suites"]}
     same = all(saved["suites"].get(s, {}).get("meta", {}).get("zoo_settings") == zoo.settings.to_dict()
                for s in previous) and bool(previous)
-    saved["zoo"] = merged_zoo_facts(saved.get("zoo"), zoo, suites)
+    if "zoo" not in saved:  # the zoo holds every saved suite (check_update): its facts serve the whole page
+        saved["zoo"] = zoo_facts(zoo, list(saved["suites"]))
     for s, res in results.items():
         saved["suites"][s] = res.to_dict()
-        saved["builds"][s] = builds[s]
+    threads_used = {zoo.pretrain_record.get("threads")} | {zoo.records[t].get("threads") for s in suites for t in SUITES[s]}
     saved.setdefault("updates", []).append({
         "suites": suites, "started": started, "seconds": round(time.perf_counter() - start, 1), "zoo": str(zoo.root),
         "fingerprint": zoo.settings.fingerprint(), "same_settings": same, "previous": previous,
-        "averages": {s: {r.name: r.average for r in res.rows} for s, res in results.items()}})
+        "averages": {s: {r.name: r.average for r in res.rows} for s, res in results.items()}, "builds": builds,
+        "zoo_build": {"seconds": round((zoo.pretrain_record.get("seconds") or 0.0) + sum(
+                          zoo.records[t]["seconds"] for t in dict.fromkeys(t for s in suites for t in SUITES[s])), 1),
+                      "pretrain_seconds": zoo.pretrain_record.get("seconds") or 0.0,
+                      "threads": "/".join(str(t) for t in sorted(threads_used - {None})) or "unrecorded"}})
     out.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
     rerender(out, zoo, adaptive_page)
     return saved
