@@ -277,7 +277,7 @@ def update_sentences(updates: list[dict]) -> str:
         if zoo_build:
             text += (f", whose zoo.json records a build of {zoo_build['seconds']:.0f} s for {suites} (pretraining "
                      f"{zoo_build['pretrain_seconds']:.0f} s) at {zoo_build['threads']} torch thread(s); the zoo tables "
-                     "below are the earlier run's zoo")
+                     "below describe the earlier run's zoo")
         text += ". "
         changed = []
         for suite, before in (u.get("previous") or {}).items():
