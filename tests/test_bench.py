@@ -469,6 +469,7 @@ def test_results_update_benches_only_the_named_suite_and_keeps_the_others(cache,
     recorded = zoo.pretrain_record["seconds"] + sum(zoo.records[t]["seconds"] for t in SUITES[SUITE])
     assert update["zoo_build"]["seconds"] == pytest.approx(recorded, abs=0.1)
     assert f"whose zoo.json records a build of {recorded:.0f} s for {SUITE}" in text
+    assert "The zoo tables below describe the earlier run's zoo (its facts saved in results.json)." in text
     assert f"{SUITE} TIES no longer benchmarked" in text
     assert f"Against TSV-M on {SUITE}:" in text
 

@@ -263,7 +263,7 @@ def benchmark_threads(results: dict[str, BenchResult]) -> str:
     return "/".join(map(str, counts)) if counts else "unrecorded"
 
 
-def update_sentences(updates: list[dict]) -> str:
+def update_sentences(updates: list[dict], zoo_tables_of: str = "the earlier run's zoo") -> str:
     """What ``--update`` re-benchmarked, when, on which zoo, and whether its rows' test averages equal the
     rows they replaced (a rebuilt zoo is bit-identical only with the same settings and thread count)."""
     out = []
@@ -276,8 +276,7 @@ def update_sentences(updates: list[dict]) -> str:
         zoo_build = u.get("zoo_build")
         if zoo_build:
             text += (f", whose zoo.json records a build of {zoo_build['seconds']:.0f} s for {suites} (pretraining "
-                     f"{zoo_build['pretrain_seconds']:.0f} s) at {zoo_build['threads']} torch thread(s); the zoo tables "
-                     "below describe the earlier run's zoo")
+                     f"{zoo_build['pretrain_seconds']:.0f} s) at {zoo_build['threads']} torch thread(s)")
         text += ". "
         changed = []
         for suite, before in (u.get("previous") or {}).items():
@@ -290,7 +289,8 @@ def update_sentences(updates: list[dict]) -> str:
             text += ("Every row's test average equals the replaced row's to 0.01 point."
                      if not changed else "Test averages that differ from the replaced rows': " + "; ".join(changed) + ".")
         out.append(text)
-    return "Suites benchmarked again later (the other suites' rows are from the run above):\n\n" + "\n".join(out) + "\n"
+    return ("Suites benchmarked again later (the other suites' rows are from the run above):\n\n" + "\n".join(out)
+            + f"\n\nThe zoo tables below describe {zoo_tables_of}.\n")
 
 
 def added_sentences(added: list[dict]) -> str:
@@ -316,7 +316,8 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         f"Run started {started}, took {seconds / 60:.0f} min; torch {torch.__version__}, "
         f"{benchmark_threads(results)} threads, {os.cpu_count()} CPUs ({platform.machine()}); "
         "the machine is shared, so times depend on its load (load averages below).\n",
-        update_sentences(updates) if updates else "",
+        update_sentences(updates, "the earlier run's zoo (its facts saved in results.json)" if isinstance(zoo, SavedZoo)
+                         else f"the zoo at `{zoo.root}`") if updates else "",
         added_sentences(added) if added else "",
         zoo_threads_line(zoo),
         f"Backbone: TinyViT dim {s.model.dim}, depth {s.model.depth}, patch {s.model.patch_size}, "
