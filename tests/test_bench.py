@@ -307,13 +307,14 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     assert seen == {"name": "clip", "methods": "tsv,mda", "out_dir": str(tmp_path / "r"), "device": "cpu"}
 
 
-def test_results_page_rerenders_from_json_and_embeds_the_data_based_page(cache, result, tmp_path):
+def test_results_page_rerenders_from_json_and_embeds_the_data_based_page(cache, result, tmp_path, capsys):
     from mdamerge.evaluation import results as results_mod
     from mdamerge.evaluation.tables import pct
 
     out = tmp_path / "results.md"
-    with pytest.raises(SystemExit, match="results.json not found"):
+    with pytest.raises(SystemExit) as exc:
         results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
+    assert exc.value.code == 2 and "results.json not found" in capsys.readouterr().err
     saved = {"started": "2026-01-01 00:00", "seconds": 60.0, "builds": {},
              "suites": {SUITE: result.to_dict()}}
     out.with_suffix(".json").write_text(json.dumps(saved))
@@ -419,3 +420,93 @@ def test_results_page_rerenders_from_the_saved_zoo_facts_where_the_zoo_is_not_bu
     results_mod.main(["--cache", str(tmp_path / "no-zoo-here"), "--out", str(out), "--render-only"])
     assert out.read_text() == with_zoo and "| mnist |" in with_zoo
     assert "Differences from TSV-M and task arithmetic on tiny3" in with_zoo and "_No intervals" not in with_zoo
+
+
+def test_results_update_benches_only_the_named_suite_and_keeps_the_others(cache, result, tmp_path, capsys):
+    """`--update --suites tiny3`: tiny3's rows are benched again (with per-example results, so its table gets
+    intervals); the other saved suite is kept as it was (still without intervals); the replaced rows' averages
+    are recorded and the page names those the new rows do not reproduce."""
+    import copy
+
+    from mdamerge.evaluation import results as results_mod
+    from mdamerge.zoo.tasks import SUITES
+
+    out = tmp_path / "results.md"
+    old = copy.deepcopy(result.to_dict())
+    old.pop("intervals")
+    for row in old["rows"]:  # rows saved before they kept per-example results
+        row["correct"] = {}
+    tsv = next(r for r in old["rows"] if r["name"] == "tsv")
+    tsv["accuracies"] = {t: 0.5 for t in tsv["accuracies"]}
+    tsv["average"] = 0.5
+    kept = {**copy.deepcopy(old), "suite": "tasks8"}
+    facts = results_mod.zoo_facts(Zoo(cache / "zoo"), [SUITE])
+    for t in SUITES["tasks8"]:  # the kept suite's zoo is not built here: its facts are saved
+        facts["tasks"].setdefault(t, facts["tasks"]["mnist"])
+    saved = {"started": "2026-01-01 00:00", "seconds": 60.0, "builds": {}, "suites": {SUITE: old, "tasks8": kept},
+             "zoo": facts}
+    out.with_suffix(".json").write_text(json.dumps(saved))
+
+    results_mod.main(["--cache", str(cache), "--out", str(out), "--update", "--suites", SUITE,
+                      "--methods", "task_arithmetic,tsv", "--val-limit", "0", "--threads", "1"])
+    new = json.loads(out.with_suffix(".json").read_text())
+    assert new["suites"]["tasks8"] == kept and list(new["suites"]) == [SUITE, "tasks8"]
+    rows = {r["name"]: r for r in new["suites"][SUITE]["rows"]}
+    assert set(rows) == {"pretrained", "fine-tuned", "task_arithmetic", "tsv"}
+    assert all(rows[n]["correct"] for n in rows) and "intervals" in new["suites"][SUITE]
+    (update,) = new["updates"]
+    assert update["suites"] == [SUITE] and update["same_settings"]
+    assert new["suites"][SUITE]["meta"]["torch_threads"] == 1
+    assert update["previous"][SUITE]["tsv"] == 0.5
+    assert update["averages"][SUITE]["tsv"] == pytest.approx(rows["tsv"]["average"])
+    text = out.read_text()
+    assert text.count("_No intervals") == 1  # tasks8's
+    assert f"Differences from TSV-M and task arithmetic on {SUITE}:\n\nDifferences of average" in text
+    assert f"- {SUITE}: benchmarked again with `--update`" in text and "the same as the earlier rows'" in text
+    assert f"{SUITE} TSV-M 50.00 -> {100 * rows['tsv']['average']:.2f}" in text
+    assert new["zoo"] == facts and new["builds"] == {}  # the kept suites' zoo facts; this zoo's build is in the update
+    zoo = Zoo(cache / "zoo")
+    recorded = zoo.pretrain_record["seconds"] + sum(zoo.records[t]["seconds"] for t in SUITES[SUITE])
+    assert update["zoo_build"]["seconds"] == pytest.approx(recorded, abs=0.1)
+    assert f"whose zoo.json records a build of {recorded:.0f} s for {SUITE}" in text
+    assert "The zoo tables below describe the earlier run's zoo (its facts saved in results.json)." in text
+    assert f"{SUITE} TIES no longer benchmarked" in text
+    assert f"Against TSV-M on {SUITE}:" in text
+
+    # --add-methods joins rows into the re-benched suite (same zoo, its reference rows); a data-based row too
+    results_mod.main(["--cache", str(cache), "--out", str(out), "--add-methods", "ties,adamerging_task",
+                      "--suites", SUITE, "--adaptive-steps", "2", "--threads", "1"])
+    added = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["name"]: r for r in added["suites"][SUITE]["rows"]}
+    assert [r["name"] for r in added["suites"][SUITE]["rows"]] == [
+        "pretrained", "fine-tuned", "task_arithmetic", "tsv", "ties", "adamerging_task"]
+    assert rows["adamerging_task"]["kind"] == "data-based" and rows["adamerging_task"]["params"]["steps"] == 2
+    assert rows["adamerging_task"]["correct"] and "adamerging_task" in added["suites"][SUITE]["intervals"]
+    assert rows["pretrained"] == {**new["suites"][SUITE]["rows"][0]}  # the saved reference rows, not re-evaluated
+    assert added["suites"]["tasks8"] == kept and added["added"][0]["suite"] == SUITE
+    assert set(added["added"][0]["seconds"]) == {"ties", "adamerging_task"}
+    text = out.read_text()
+    assert f"- {SUITE}: TIES " in text and "data-based methods at 2 steps" in text
+    assert "| adamerging_task | " in text and " | - | - |" in text  # the summary: tasks8 has no such row
+    assert f"Best data-free method: " in text and "Best data-free method: adamerging_task" not in text
+    elsewhere = json.loads(out.with_suffix(".json").read_text())
+    elsewhere["suites"][SUITE]["meta"]["zoo"] = str(tmp_path / "another-zoo")
+    out.with_suffix(".json").write_text(json.dumps(elsewhere))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        results_mod.main(["--cache", str(cache), "--out", str(out), "--add-methods", "ties", "--suites", SUITE])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "were benched on the zoo at" in err
+
+    # a zoo with other settings than the saved rows': one line, exit status 2, nothing written
+    saved["suites"][SUITE]["meta"]["zoo_settings"]["finetune"]["lr"] = 1.0
+    out.with_suffix(".json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        results_mod.main(["--cache", str(cache), "--out", str(out), "--update", "--suites", SUITE])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "other settings (fingerprint" in err
+    assert "updates" not in json.loads(out.with_suffix(".json").read_text())
+    with pytest.raises(SystemExit) as exc:
+        results_mod.main(["--out", str(tmp_path / "none.md"), "--update"])
+    assert exc.value.code == 2 and "none.json not found; run without --update first" in capsys.readouterr().err

@@ -167,6 +167,20 @@ class BenchResult:
         return dict(zip(("json", "markdown"), files.values()))
 
 
+def add_rows(result: BenchResult, new: BenchResult) -> BenchResult:
+    """``result`` with the method rows of ``new`` (same suite and tasks) put in: a row of the same name is
+    replaced, others are appended; data-free rows stay before data-based ones. Reference rows are kept."""
+    if new.suite != result.suite or list(new.tasks) != list(result.tasks):
+        raise ConfigError(f"cannot join rows of {new.suite} ({', '.join(new.tasks)}) into a table of "
+                          f"{result.suite} ({', '.join(result.tasks)})")
+    added = {r.name: r for r in new.rows if r.kind != "reference"}
+    rows = [added.pop(r.name, r) for r in result.rows]
+    rows += list(added.values())
+    order = {"reference": 0, "data-free": 1, "data-based": 2}
+    rows = sorted(rows, key=lambda r: order.get(r.kind, 3))  # stable: keeps the order within a kind
+    return BenchResult(result.suite, list(result.tasks), rows, dict(result.meta))
+
+
 # ---------------------------------------------------------------------------
 # Method selection
 # ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 ``make results`` runs ``python -m mdamerge.evaluation.results``; it builds whatever part
 of the zoo is missing (the 20-task zoo included), benchmarks each suite, and rewrites the
 Markdown file with the tables, the hyperparameters chosen on validation, MDA's option
-search and the zoo build times.
+search and the zoo build times. ``--update --suites tasks8`` benchmarks only the suites named
+and puts them into the saved ``docs/results.json`` (the other suites' rows stay as saved);
+``--add-methods data-based --suites tasks8`` adds rows to a saved suite benched on this zoo.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import datetime as _dt
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError, MergeError
 from ..zoo.build import Zoo, ZooSettings, default_cache_dir
 from ..zoo.tasks import SUITES, TASKS
-from .bench import BenchResult, mda_option_summary, run_bench
+from .bench import BenchResult, adaptive_methods, add_rows, mda_option_summary, resolve_methods, run_bench
 from .tables import chosen_params_table, display_name, interval_section, markdown_table, mda_options_table, pct
 
 DEFAULT_SUITES = ("tasks8", "tasks14", "tasks20")
@@ -36,19 +40,21 @@ def _load() -> str:
         return "n/a"
 
 
-def build_and_bench(suites, methods: str, zoo: Zoo, device: str, val_limit: int | None, log) -> tuple[dict, dict]:
-    """Build each suite's missing models (timed), then benchmark it; returns (results, build info)."""
+def build_and_bench(suites, methods: str, zoo: Zoo, device: str, val_limit: int | None, log,
+                    threads: int | None = None) -> tuple[dict, dict]:
+    """Build each suite's missing models (timed), then benchmark it; returns (results, build info).
+    ``threads``: torch CPU threads for both (default: as many as the machine's load leaves free)."""
     results: dict[str, BenchResult] = {}
     builds: dict[str, dict] = {}
     for suite in suites:
         load_before = _load()
         start = time.perf_counter()
-        timings = zoo.build(suite, progress=True, device=device)
+        timings = zoo.build(suite, progress=True, device=device, threads=threads)
         builds[suite] = {"wall_seconds": round(time.perf_counter() - start, 1), "built": sorted(timings),
                          "load_before": load_before, "load_after": _load()}
         log(f"[{suite}] zoo ready ({len(timings)} new parts, {builds[suite]['wall_seconds']} s); benchmarking ...")
         results[suite] = run_bench(suite, methods, zoo=zoo, out_dir=default_cache_dir() / "results", device=device,
-                                   val_limit=val_limit, progress=True, log=log)
+                                   val_limit=val_limit, progress=True, log=log, threads=threads)
     return results, builds
 
 
@@ -85,12 +91,13 @@ def comparison_table(results: dict[str, BenchResult]) -> str:
     suites = list(results)
     lines = ["| Method | " + " | ".join(f"{s} Avg | {s} Norm." for s in suites) + " |",
              "| --- | " + " | ".join("---: | ---:" for _ in suites) + " |"]
-    names = [r.name for r in next(iter(results.values())).rows]
+    names = list(dict.fromkeys(r.name for res in results.values() for r in res.rows))
     for name in names:
         cells = []
         for s in suites:
             res = results[s]
-            cells += [pct(res.row(name).average), pct(res.normalized_average(name))]
+            present = any(r.name == name for r in res.rows)
+            cells += [pct(res.row(name).average), pct(res.normalized_average(name))] if present else ["-", "-"]
         lines.append(f"| {display_name(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -104,7 +111,7 @@ def mda_verdict(results: dict[str, BenchResult]) -> list[str]:
             continue
         mda = res.row("mda").average
         diffs = [f"{display_name(m)} {100 * (mda - res.row(m).average):+.1f}" for m in COMPARED[:-1] if m in names]
-        best = max((r for r in res.rows if r.kind != "reference"), key=lambda r: r.average)
+        best = max((r for r in res.rows if r.kind == "data-free"), key=lambda r: r.average)
         out.append(f"- **{suite}**: MDA {pct(mda)}% average; MDA minus " + ", ".join(diffs)
                    + f" points. Best data-free method: {display_name(best.name)} ({pct(best.average)}%).")
     return out
@@ -256,8 +263,51 @@ def benchmark_threads(results: dict[str, BenchResult]) -> str:
     return "/".join(map(str, counts)) if counts else "unrecorded"
 
 
+def update_sentences(updates: list[dict], zoo_tables_of: str = "the earlier run's zoo") -> str:
+    """What ``--update`` re-benchmarked, when, on which zoo, and whether its rows' test averages equal the
+    rows they replaced (a rebuilt zoo is bit-identical only with the same settings and thread count)."""
+    out = []
+    for u in updates:
+        suites = ", ".join(u["suites"])
+        text = (f"- {suites}: benchmarked again with `--update` (started {u['started']}, took "
+                f"{u['seconds'] / 60:.0f} min) on the zoo at `{u['zoo']}` (settings fingerprint {u['fingerprint']}")
+        text += ", the same as the earlier rows'" if u.get("same_settings") else ""
+        text += ")"
+        zoo_build = u.get("zoo_build")
+        if zoo_build:
+            text += (f", whose zoo.json records a build of {zoo_build['seconds']:.0f} s for {suites} (pretraining "
+                     f"{zoo_build['pretrain_seconds']:.0f} s) at {zoo_build['threads']} torch thread(s)")
+        text += ". "
+        changed = []
+        for suite, before in (u.get("previous") or {}).items():
+            after = u.get("averages", {}).get(suite, {})
+            changed += [f"{suite} {display_name(n)} {pct(a, 2)} -> {pct(after[n], 2)}" for n, a in before.items()
+                        if n in after and round(100 * a, 2) != round(100 * after[n], 2)]
+            gone = [n for n in before if n not in after]
+            changed += [f"{suite} {display_name(n)} no longer benchmarked" for n in gone]
+        if u.get("previous"):
+            text += ("Every row's test average equals the replaced row's to 0.01 point."
+                     if not changed else "Test averages that differ from the replaced rows': " + "; ".join(changed) + ".")
+        out.append(text)
+    return ("Suites benchmarked again later (the other suites' rows are from the run above):\n\n" + "\n".join(out)
+            + f"\n\nThe zoo tables below describe {zoo_tables_of}.\n")
+
+
+def added_sentences(added: list[dict]) -> str:
+    """Rows added to a saved suite later with ``--add-methods``: which, when, and each one's bench time."""
+    out = []
+    for rec in added:
+        times = ", ".join(f"{display_name(m)} {sec / 60:.1f} min" for m, sec in rec["seconds"].items())
+        left = [display_name(m) for m in rec["methods"] if m not in rec["seconds"]]
+        out.append(f"- {rec['suite']}: {times or 'none finished'}" + (f" (not finished: {', '.join(left)})" if left else "")
+                   + f"; started {rec['started']}, {rec.get('threads') or 'auto'} torch thread(s)"
+                   + (f", data-based methods at {rec['adaptive_steps']} steps" if rec.get("adaptive_steps") else ""))
+    return ("Rows added to a saved suite later with `--add-methods` (same zoo, reference rows and validation limit; "
+            "bench time per method):\n\n" + "\n".join(out) + "\n")
+
+
 def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str, seconds: float,
-           adaptive_page: Path | None = None) -> str:
+           adaptive_page: Path | None = None, updates: list[dict] | None = None, added: list[dict] | None = None) -> str:
     s = zoo.settings
     parts = [
         "# Benchmark results (offline zoo)\n",
@@ -266,6 +316,9 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         f"Run started {started}, took {seconds / 60:.0f} min; torch {torch.__version__}, "
         f"{benchmark_threads(results)} threads, {os.cpu_count()} CPUs ({platform.machine()}); "
         "the machine is shared, so times depend on its load (load averages below).\n",
+        update_sentences(updates, "the earlier run's zoo (its facts saved in results.json)" if isinstance(zoo, SavedZoo)
+                         else f"the zoo at `{zoo.root}`") if updates else "",
+        added_sentences(added) if added else "",
         zoo_threads_line(zoo),
         f"Backbone: TinyViT dim {s.model.dim}, depth {s.model.depth}, patch {s.model.patch_size}, "
         f"{zoo.pretrain_record.get('num_parameters')} parameters. Fine-tuning: {s.finetune.steps} steps, batch "
@@ -295,10 +348,19 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         parts.append(scale_trend_section(adaptive_page.parent / SCALE_PAGE))
         parts.append(text_section(adaptive_page.parent / TEXT_PAGE))
         parts.append(regime_section(adaptive_page.parent))
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; a mistake in its input is one line, ``error: ...``, and exit status 2."""
+    try:
+        _main(argv)
+    except MergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suites", default=",".join(DEFAULT_SUITES))
     parser.add_argument("--methods", default="data-free")
@@ -308,6 +370,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="docs/results.md")
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild the page from the saved JSON (e.g. after the data-based page changed)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for building and benchmarking (default: the cores the machine's load "
+                             "leaves free; the zoo is bit-reproducible only at the same count)")
+    parser.add_argument("--add-methods", default=None, metavar="LIST",
+                        help="bench only these methods on each of --suites as saved (their reference rows and "
+                             "validation limit, on the zoo they were benched on) and join the rows in (a method "
+                             "already there is replaced); the JSON is saved after each method")
+    parser.add_argument("--adaptive-steps", type=int, default=None,
+                        help="with --add-methods: optimisation steps of the data-based methods (default: theirs)")
+    parser.add_argument("--update", action="store_true",
+                        help="benchmark only --suites and put them into the saved JSON (the other suites' rows are "
+                             "kept as saved; the zoo must have the settings the saved rows were made with)")
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = [s for s in suites if s not in SUITES]
@@ -316,12 +390,24 @@ def main(argv: list[str] | None = None) -> None:
     zoo = Zoo((Path(args.cache).expanduser() if args.cache else default_cache_dir()) / "zoo")
     out = Path(args.out)
     adaptive_page = out.parent / ADAPTIVE_PAGE
+    if sum(map(bool, (args.render_only, args.update, args.add_methods))) > 1:
+        raise ConfigError("--render-only, --update and --add-methods exclude each other")
+    if args.adaptive_steps is not None and not args.add_methods:
+        raise ConfigError("--adaptive-steps goes with --add-methods")
+    if args.add_methods:
+        add_methods(out, suites, args.add_methods, zoo, args.device, adaptive_page, threads=args.threads,
+                    adaptive_steps=args.adaptive_steps)
+        return
     if args.render_only:
         rerender(out, zoo, adaptive_page)
         return
+    if args.update:
+        update(out, suites, args.methods, zoo, args.device, args.val_limit or None, adaptive_page, threads=args.threads)
+        return
     started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     start = time.perf_counter()
-    results, builds = build_and_bench(suites, args.methods, zoo, args.device, args.val_limit or None, log=print)
+    results, builds = build_and_bench(suites, args.methods, zoo, args.device, args.val_limit or None, log=print,
+                                      threads=args.threads)
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = {"started": started, "seconds": round(seconds, 1), "builds": builds,
@@ -331,17 +417,114 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
-def rerender(out: Path, zoo: Zoo, adaptive_page: Path) -> None:
-    """Rewrite ``out`` from its JSON without benchmarking again."""
+def load_saved(out: Path, option: str) -> dict:
+    """The saved JSON beside ``out`` (ConfigError when missing or older than the per-suite layout)."""
     saved_path = out.with_suffix(".json")
     if not saved_path.is_file():
-        raise SystemExit(f"error: {saved_path} not found; run without --render-only first")
+        raise ConfigError(f"{saved_path} not found; run without {option} first")
     saved = json.loads(saved_path.read_text())
     if "suites" not in saved:
-        raise SystemExit(f"error: {saved_path} predates --render-only (no 'suites' key); run without it")
+        raise ConfigError(f"{saved_path} predates {option} (no 'suites' key); run without it")
+    return saved
+
+
+def rerender(out: Path, zoo: Zoo, adaptive_page: Path) -> None:
+    """Rewrite ``out`` from its JSON without benchmarking again."""
+    saved = load_saved(out, "--render-only")
     results = {s: BenchResult.from_dict(r) for s, r in saved["suites"].items()}
-    out.write_text(render(results, page_zoo(zoo, saved, results), saved["builds"], saved["started"], saved["seconds"], adaptive_page))
+    out.write_text(render(results, page_zoo(zoo, saved, results), saved["builds"], saved["started"], saved["seconds"],
+                          adaptive_page, saved.get("updates"), saved.get("added")))
     print(f"wrote {out}")
+
+
+def check_update(saved: dict, suites: list[str], zoo: Zoo) -> None:
+    """``--update`` puts new rows beside saved ones: the zoo must have the saved rows' settings, and the page
+    must still be able to show the zoo facts of the suites it keeps (saved, or in this zoo)."""
+    for suite in suites:
+        stored = saved["suites"].get(suite, {}).get("meta", {}).get("zoo_settings")
+        if stored is not None and stored != zoo.settings.to_dict():
+            raise ConfigError(
+                f"the saved {suite} rows were made on a zoo with other settings (fingerprint "
+                f"{ZooSettings.from_dict(stored).fingerprint()}) than the one at {zoo.root} "
+                f"(fingerprint {zoo.settings.fingerprint()}); pick its --cache")
+    kept = [s for s in saved["suites"] if s not in suites]
+    if "zoo" not in saved and any(zoo.missing(s) for s in kept):
+        raise ConfigError(f"the saved JSON holds no zoo facts and the zoo at {zoo.root} lacks tasks of "
+                          f"{', '.join(kept)}; run without --update")
+
+
+def add_methods(out: Path, suites: list[str], methods: str, zoo: Zoo, device: str, adaptive_page: Path,
+                log=print, threads: int | None = None, adaptive_steps: int | None = None) -> dict:
+    """Bench ``methods`` on each saved suite of ``suites`` with its reference rows and validation limit and join
+    the rows in, saving the JSON after each method (a stopped run keeps its finished rows); rewrite the page.
+
+    The saved rows must have been benched on this very zoo (its folder): a zoo rebuilt with the same settings
+    on another machine is not bit-identical, so its rows could not be compared with the saved ones."""
+    saved = load_saved(out, "--add-methods")
+    names = resolve_methods(methods)
+    for suite in suites:
+        if suite not in saved["suites"]:
+            raise ConfigError(f"no saved {suite} rows to add to; run --update --suites {suite} first")
+        meta = saved["suites"][suite].get("meta", {})
+        if Path(meta.get("zoo", "")).expanduser().resolve() != zoo.root.resolve():
+            raise ConfigError(f"the saved {suite} rows were benched on the zoo at {meta.get('zoo')}, not {zoo.root}; "
+                              f"pick its --cache, or run --update --suites {suite} on this zoo first")
+        check_update(saved, [suite], zoo)
+        if zoo.missing(suite):
+            raise ConfigError(f"task '{zoo.missing(suite)[0]}' is not built in the zoo at {zoo.root}")
+    adaptive = adaptive_methods()
+    options = {m: {"steps": adaptive_steps, "progress": False} for m in names if m in adaptive and adaptive_steps}
+    saved_path = out.with_suffix(".json")
+    for suite in suites:
+        result = BenchResult.from_dict(saved["suites"][suite])
+        references = [r for r in result.rows if r.kind == "reference"]
+        record = {"suite": suite, "methods": names, "started": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                  "seconds": {}, "threads": threads, "adaptive_steps": adaptive_steps}
+        saved.setdefault("added", []).append(record)
+        for name in names:
+            start = time.perf_counter()
+            new = run_bench(suite, [name], zoo=zoo, device=device, val_limit=result.meta.get("val_limit"),
+                            progress=False, log=log, threads=threads, method_options=options,
+                            reference_rows=references)
+            result = add_rows(result, new)
+            record["seconds"][name] = round(time.perf_counter() - start, 1)
+            saved["suites"][suite] = result.to_dict()
+            saved_path.write_text(json.dumps(saved, indent=1) + "\n")
+    rerender(out, zoo, adaptive_page)
+    return saved
+
+
+def update(out: Path, suites: list[str], methods: str, zoo: Zoo, device: str, val_limit: int | None,
+           adaptive_page: Path, log=print, threads: int | None = None) -> dict:
+    """Benchmark ``suites`` again and put them into the saved JSON beside the suites it keeps; rewrite the page.
+
+    The update is recorded (``updates`` in the JSON, a sentence on the page) with the replaced rows' test
+    averages, so that the page says whether the new rows reproduce them.
+    """
+    saved = load_saved(out, "--update")
+    check_update(saved, suites, zoo)
+    started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    start = time.perf_counter()
+    results, builds = build_and_bench(suites, methods, zoo, device, val_limit, log=log, threads=threads)
+    previous = {s: {r["name"]: r["average"] for r in saved["suites"][s]["rows"]} for s in suites if s in saved["suites"]}
+    same = all(saved["suites"].get(s, {}).get("meta", {}).get("zoo_settings") == zoo.settings.to_dict()
+               for s in previous) and bool(previous)
+    if "zoo" not in saved:  # the zoo holds every saved suite (check_update): its facts serve the whole page
+        saved["zoo"] = zoo_facts(zoo, list(saved["suites"]))
+    for s, res in results.items():
+        saved["suites"][s] = res.to_dict()
+    threads_used = {zoo.pretrain_record.get("threads")} | {zoo.records[t].get("threads") for s in suites for t in SUITES[s]}
+    saved.setdefault("updates", []).append({
+        "suites": suites, "started": started, "seconds": round(time.perf_counter() - start, 1), "zoo": str(zoo.root),
+        "fingerprint": zoo.settings.fingerprint(), "same_settings": same, "previous": previous,
+        "averages": {s: {r.name: r.average for r in res.rows} for s, res in results.items()}, "builds": builds,
+        "zoo_build": {"seconds": round((zoo.pretrain_record.get("seconds") or 0.0) + sum(
+                          zoo.records[t]["seconds"] for t in dict.fromkeys(t for s in suites for t in SUITES[s])), 1),
+                      "pretrain_seconds": zoo.pretrain_record.get("seconds") or 0.0,
+                      "threads": "/".join(str(t) for t in sorted(threads_used - {None})) or "unrecorded"}})
+    out.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
+    rerender(out, zoo, adaptive_page)
+    return saved
 
 
 if __name__ == "__main__":

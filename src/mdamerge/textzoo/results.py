@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, MergeError
-from ..evaluation.bench import MDA_OPTIONS, BenchResult, adaptive_methods, resolve_methods, run_bench
+from ..evaluation.bench import MDA_OPTIONS, BenchResult, adaptive_methods, add_rows, resolve_methods, run_bench
 from ..evaluation.tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, pct
 from ..zoo.build import Zoo, default_cache_dir
 from ..zoo.tasks import SUITES
@@ -115,20 +115,6 @@ def join_results(parts: list[BenchResult]) -> BenchResult:
     meta = dict(first.meta)
     meta["seconds"] = [p.meta.get("seconds") for p in parts]
     return BenchResult(first.suite, first.tasks, rows, meta)
-
-
-def add_rows(result: BenchResult, new: BenchResult) -> BenchResult:
-    """``result`` with the method rows of ``new`` (same suite and tasks) put in: a row of the same name is
-    replaced, others are appended; data-free rows stay before data-based ones. Reference rows are kept."""
-    if new.suite != result.suite or list(new.tasks) != list(result.tasks):
-        raise ConfigError(f"cannot join rows of {new.suite} ({', '.join(new.tasks)}) into a table of "
-                          f"{result.suite} ({', '.join(result.tasks)})")
-    added = {r.name: r for r in new.rows if r.kind != "reference"}
-    rows = [added.pop(r.name, r) for r in result.rows]
-    rows += list(added.values())
-    order = {"reference": 0, "data-free": 1, "data-based": 2}
-    rows = sorted(rows, key=lambda r: order.get(r.kind, 3))  # stable: keeps the order within a kind
-    return BenchResult(result.suite, list(result.tasks), rows, dict(result.meta))
 
 
 def add_methods(saved: dict, methods: str, zoo: TextZoo, device: str, log, method_options: dict | None = None,
