@@ -28,6 +28,7 @@ from ..zoo.finetune import cpu_threads
 from ..zoo.tasks import SUITES, resolve_tasks
 from .evaluate import accuracies, average, backbone_correct, evaluate_backbone, model_correct, normalized
 from .intervals import Interval, pack_correct, row_intervals
+from .tables import format_params
 
 # Display order of the data-free methods; methods registered later are appended.
 PREFERRED_ORDER = ("average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts", "mda")
@@ -438,7 +439,7 @@ def _run_bench(suite, methods, zoo, out_dir, device, search, val_limit, seed, bu
 
 
 def _row_line(row: Row) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in row.params.items())
+    params = format_params(row.params)
     return f"{row.name}: average {100 * row.average:.1f}%" + (f" ({params})" if params else "") + (
         f" [{row.seconds:.0f}s]" if row.seconds else "")
 

@@ -72,8 +72,12 @@ def interval_statements(result: "BenchResult") -> list[str]:
     return out
 
 
+DISPLAY_ONLY = ("progress",)  # run options recorded with a row that do not change its result
+
+
 def format_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) if params else ""
+    """``k=v, ...`` of the parameters that shaped a row's result."""
+    return ", ".join(f"{k}={v}" for k, v in params.items() if k not in DISPLAY_ONLY) if params else ""
 
 
 def markdown_table(result: "BenchResult", transpose: bool | None = None) -> str:
