@@ -58,3 +58,13 @@ def preview(items: Iterable[str], limit: int = 3) -> str:
     head = ", ".join(repr(i) for i in items[:limit])
     rest = len(items) - limit
     return head + (f" and {rest} more" if rest > 0 else "")
+
+
+def run_script(command, argv: list[str] | None = None) -> None:
+    """Run a ``python -m`` command: a mistake in its input (a :class:`MergeError`) is one line,
+    ``error: ...``, and exit status 2, as in the CLI."""
+    try:
+        command(argv)
+    except MergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -15,13 +15,12 @@ import datetime as _dt
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, MergeError
+from ..errors import ConfigError, run_script
 from ..zoo.build import Zoo, ZooSettings, default_cache_dir
 from ..zoo.tasks import SUITES, TASKS
 from .bench import BenchResult, adaptive_methods, add_rows, mda_option_summary, resolve_methods, run_bench
@@ -353,11 +352,7 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
 
 def main(argv: list[str] | None = None) -> None:
     """The command line; a mistake in its input is one line, ``error: ...``, and exit status 2."""
-    try:
-        _main(argv)
-    except MergeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(_main, argv)
 
 
 def _main(argv: list[str] | None = None) -> None:

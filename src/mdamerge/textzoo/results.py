@@ -20,13 +20,12 @@ import datetime as _dt
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, MergeError
+from ..errors import ConfigError, run_script
 from ..evaluation.bench import MDA_OPTIONS, BenchResult, adaptive_methods, add_rows, resolve_methods, run_bench
 from ..evaluation.tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, pct
 from ..zoo.build import Zoo, default_cache_dir
@@ -391,11 +390,7 @@ def mda_method_options(text: str | None) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     """The command line; a mistake in its input is one line, ``error: ...``, and exit status 2."""
-    try:
-        _main(argv)
-    except MergeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(_main, argv)
 
 
 def _main(argv: list[str] | None = None) -> None:
