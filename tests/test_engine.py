@@ -227,6 +227,29 @@ def test_a_linear_merge_by_blocks_equals_the_method_on_whole_tensors_bit_for_bit
         assert torch.equal(merged.get(name), want), name
 
 
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+def test_a_base_also_listed_as_a_model_is_read_once_per_tensor(toy_models, tmp_path, monkeypatch, method):
+    """One source for the base and the model that names the same folder, on the method path (ties) and the
+    linear path alike; its task vector is zero, so the merge equals the one without it."""
+    from collections import Counter
+
+    from mdamerge.engine.sources import CheckpointSource
+
+    reads = []
+    original = CheckpointSource.get
+    monkeypatch.setattr(CheckpointSource, "get",
+                        lambda self, name: reads.append((self.label, name)) or original(self, name))
+    cfg = config_for(toy_models, method)
+    cfg["models"].append(str(toy_models["base_dir"]))
+    out = mdamerge.merge(cfg, tmp_path / "with_base", progress=False).out_dir
+    merged = {name for label, name in reads if label == cfg["models"][0]}  # copied tensors come from the base alone
+    counts = Counter(label for label, name in reads if name in merged)
+    assert sorted(counts) == sorted([str(toy_models["base_dir"]), *cfg["models"][:-1]]) and len(set(counts.values())) == 1
+    if method == "task_arithmetic":
+        without = mdamerge.merge(config_for(toy_models, method), tmp_path / "without", progress=False).out_dir
+        assert weights_digest(out) == weights_digest(without)
+
+
 def test_dtype_kind_mismatch(toy_models):
     fts = [dict(f) for f in toy_models["fts"]]
     fts[0]["layers.0.norm.weight"] = torch.ones(8, dtype=torch.int32)

@@ -211,12 +211,23 @@ class MergeEngine:
         self._copied = set(self.plan.copied)
 
     # -- reading ----------------------------------------------------------------
+    def _inputs(self, name: str, check: bool) -> list[torch.Tensor]:
+        """The base's and each model's ``name`` as stored (shared vocabulary rows only), base first; a source
+        listed twice (mergekit's linear: its first model serves as the base) is read once. ``check``: a NaN
+        or Inf is refused with the error naming its file."""
+        read: dict[int, torch.Tensor] = {}
+        for source in (self.base, *self.models):
+            if id(source) not in read:
+                tensor = self._rows(source.get(name), name)
+                read[id(source)] = _checked(tensor, name, source.label) if check else tensor
+        return [read[id(source)] for source in (self.base, *self.models)]
+
     def _task_vectors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Base and task vectors of ``name`` in float32 -- only the shared rows where vocabularies differ."""
-        base = _checked(self._rows(self.base.get(name), name), name, self.base.label).to(self.device, torch.float32)
+        stored_base, *stored = self._inputs(name, check=True)
+        base = stored_base.to(self.device, torch.float32)
         deltas = []
-        for model in self.models:
-            tensor = _checked(self._rows(model.get(name), name), name, model.label)
+        for tensor in stored:
             widened = tensor.to(self.device, torch.float32)
             # subtracting in place into the float32 copy saves a tensor-sized allocation per model (the
             # copy is ours unless the tensor was float32 already: a caller's state dict is never changed)
@@ -227,11 +238,7 @@ class MergeEngine:
         """``base + sum_t c_t (theta_t - base)`` block by block, with the operations (and so the bits) of the
         whole-tensor path: the float32 work on a block stays in the CPU's cache, so each input is read
         from memory once and no float32 copy of a whole tensor is made (on a GPU one block is the tensor)."""
-        read: dict[int, torch.Tensor] = {}
-        for source in (self.base, *self.models):  # a source listed twice (a base among the models) is read once
-            if id(source) not in read:
-                read[id(source)] = self._rows(source.get(name), name)
-        inputs = [read[id(source)] for source in (self.base, *self.models)]
+        inputs = self._inputs(name, check=False)
         shape, flats = inputs[0].shape, [tensor.reshape(-1) for tensor in inputs]
         size = flats[0].numel()
         block = LINEAR_BLOCK if self.device.type == "cpu" else size
@@ -249,15 +256,10 @@ class MergeEngine:
                     m.add_(t, alpha=coefficient)
             m.add_(b)
             if not all_finite(m):  # a NaN or Inf in any input reaches the sum: only then look for it
-                self._refuse_non_finite_inputs(name)
+                self._inputs(name, check=True)  # raises the error naming the input
                 raise MergeError(f"method '{self.method.name}' produced non-finite values for '{name}' (check its parameters)")
             merged[start:stop].copy_(m)
         return merged.reshape(shape)
-
-    def _refuse_non_finite_inputs(self, name: str) -> None:
-        """Raise the error naming the first input whose ``name`` holds a NaN or Inf, if any does."""
-        for source in (self.base, *self.models):
-            _checked(self._rows(source.get(name), name), name, source.label)
 
     def _rows(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         """The shared vocabulary rows of ``tensor`` where vocabularies differ; else all of it
