@@ -1228,6 +1228,9 @@ def main(argv=None) -> None:
                         help="also run the 12-option validation search on each confirmation subset")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--zoo-root", default=None)
+    # The page's sections ran on the zoos of before; the additive recipes' zoos are --recipe additive.
+    parser.add_argument("--recipe", default="stored", choices=("stored", "additive"),
+                        help="the zoo's training recipe (default: stored, the zoos this page was made on)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--render-only", action="store_true")
@@ -1250,7 +1253,7 @@ def main(argv=None) -> None:
             # cross-suite sections work on the pool suite's zoo and are stored under ACROSS
             suite = CHOICE_POOL if key in ACROSS_SECTIONS else args.suite
             if suite not in opened:
-                opened[suite] = open_suite(suite, args.zoo_root)
+                opened[suite] = open_suite(suite, args.zoo_root, args.recipe)
             zoo, tasks = opened[suite]
             args.steps = steps_given if steps_given is not None else default_steps(zoo)
             args.previous = store.get(ACROSS if key in ACROSS_SECTIONS else suite, {}).get(key)
@@ -1269,7 +1272,7 @@ def main(argv=None) -> None:
     print(f"wrote {out}")
 
 
-def open_suite(suite: str, zoo_root: str | None):
+def open_suite(suite: str, zoo_root: str | None, recipe: str = "stored"):
     """``(zoo, tasks)`` of a suite: the one place that knows which zoo serves which suite.
 
     The vision suites (tiny3, tasks8/14/20) live in :class:`mdamerge.zoo.build.Zoo`, the text
@@ -1282,7 +1285,7 @@ def open_suite(suite: str, zoo_root: str | None):
 
     if suite not in SUITES:
         sys.exit(f"error: unknown suite '{suite}' (suites: {', '.join(SUITES)})")
-    zoo = zoo_for_tasks(suite, root=zoo_root)  # the vision Zoo or the text zoo (TextZoo), by the suite's tasks
+    zoo = zoo_for_tasks(suite, root=zoo_root, recipe=recipe)  # the vision Zoo or the text zoo (TextZoo), by the suite's tasks
     tasks = resolve_tasks(suite)
     missing = zoo.missing(tasks)
     if missing:
@@ -1293,6 +1296,8 @@ def open_suite(suite: str, zoo_root: str | None):
 def section_command(args, key: str) -> str:
     parts = ["python benchmarks/paper_experiments.py", f"--suite {args.suite}", f"--sections {key}",
              f"--threads {args.threads}"]
+    if getattr(args, "recipe", "stored") != "stored":
+        parts.append(f"--recipe {args.recipe}")
     if key in ("compute", "unseen"):
         parts.append(f"--steps {args.steps}")
         if args.data_based != DATA_BASED:

@@ -39,8 +39,15 @@ _DEFAULT = ZooSettings()
 VISION_VARIANTS = {
     "zoo recipe (ft lr 2e-4)": _DEFAULT,
     "ft lr 5e-5": dataclasses.replace(_DEFAULT, finetune=dataclasses.replace(_DEFAULT.finetune, lr=5e-5)),
-    "pretrain 4x longer, ft lr 2e-4": dataclasses.replace(
-        _DEFAULT, pretrain=dataclasses.replace(_DEFAULT.pretrain, steps=4 * _DEFAULT.pretrain.steps)),
+    "ft lr 1e-4": dataclasses.replace(_DEFAULT, finetune=dataclasses.replace(_DEFAULT.finetune, lr=1e-4)),
+    **{f"pretrain {k}x longer + ft lr {lr}": dataclasses.replace(
+        _DEFAULT, pretrain=dataclasses.replace(_DEFAULT.pretrain, steps=k * _DEFAULT.pretrain.steps),
+        finetune=dataclasses.replace(_DEFAULT.finetune, lr=float(lr)))
+       for k, lrs in ((4, ("2e-4", "1e-4", "5e-5")), (8, ("1e-4", "5e-5"))) for lr in lrs},
+    # Heads probed on every training example instead of 64 per class: a stronger frozen head asks less of the backbone.
+    "probe all shots": dataclasses.replace(_DEFAULT, probe_shots=None),
+    "probe all shots + ft lr 1e-4": dataclasses.replace(
+        _DEFAULT, probe_shots=None, finetune=dataclasses.replace(_DEFAULT.finetune, lr=1e-4)),
 }
 
 
@@ -83,12 +90,51 @@ def render(figures: dict[str, dict]) -> str:
                      f"{pct(share(fig, ta['val']), 0)}% | {pct(ta['val_at_scaling_1'])} | {tsv['scaling']} | "
                      f"{pct(share(fig, tsv['val']), 0)}% | {100 * tv['relative_norm']:.2f}% | "
                      f"{tv['mean_abs_cos']:.3f} | {fig['build_seconds']:.0f} |")
-    return "\n".join(lines) + "\n" + BUILD_NOTE
+    return "\n".join(lines) + "\n" + BUILD_NOTE + rule_text(figures)
+
+
+# Goal figures of issue 19 and the rule that picks a vision recipe on validation (stated before the longest
+# variants had finished): among the recipes whose fine-tuning gains at least MIN_GAP over the probes, the one
+# closest to the goals (the smaller of TA share / 40% and TSV-M share / 60%); a recipe that takes longer to build
+# must be closer by more than MARGIN, about one standard error of a share at 8 x 500 validation examples.
+GOALS = {"task_arithmetic": 0.40, "tsv": 0.60}
+MIN_GAP, MARGIN = 0.08, 0.10
+
+
+def closeness(fig: dict) -> float:
+    """How near a recipe comes to the goal figures: min over methods of share / goal (1 = goals met)."""
+    return min(share(fig, fig["methods"][m]["val"]) / goal for m, goal in GOALS.items())
+
+
+def choose_recipe(figures: dict[str, dict]) -> str | None:
+    """The recipe the stated rule picks (None when no recipe gains MIN_GAP)."""
+    eligible = sorted((n for n, f in figures.items() if f["finetuned"] - f["pretrained"] >= MIN_GAP),
+                      key=lambda n: figures[n]["build_seconds"])
+    best = eligible[0] if eligible else None
+    for name in eligible[1:]:
+        if closeness(figures[name]) > closeness(figures[best]) + MARGIN:
+            best = name
+    return best
+
+
+def rule_text(figures: dict[str, dict]) -> str:
+    chosen = choose_recipe(figures)
+    scores = ", ".join(f"{n} {closeness(f):.2f}" for n, f in figures.items())
+    return (f"\nRule (issue 19's goals: task arithmetic recovers >= {GOALS['task_arithmetic']:.0%} and TSV-M >= "
+            f"{GOALS['tsv']:.0%} of a gap of >= {100 * MIN_GAP:.0f} points): among the recipes with that gap, the "
+            f"one closest to the goals (min of TA share / 40% and TSV-M share / 60%; 1 = met); a recipe that takes "
+            f"longer to build must be closer by more than {MARGIN} (about one standard error of a share here). "
+            f"Closeness: {scores}. **Chosen: {chosen}.**\n")
 
 
 BUILD_NOTE = ("\nBuild s = pretraining + the tasks' fine-tuning (probe, training, evaluation) as recorded in zoo.json, "
               "one torch thread on a shared machine; variants that pretrain alike share one backbone, so its "
               "pretraining time, counted in each, ran once.\n")
+
+
+def variant_folder(root: Path, name: str) -> Path:
+    """The folder of a variant's zoo under ``root``."""
+    return root / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
 
 
 def build_vision_variants(root: Path, tasks: list[str], names: list[str]) -> dict[str, Zoo]:
@@ -97,8 +143,11 @@ def build_vision_variants(root: Path, tasks: list[str], names: list[str]) -> dic
     zoos: dict[str, Zoo] = {}
     for name in names:
         settings = VISION_VARIANTS[name]
-        zoo = Zoo(root / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""), settings=settings)
-        donor = next((z for z in zoos.values() if z.settings.pretrain == settings.pretrain), None)
+        zoo = Zoo(variant_folder(root, name), settings=settings)
+        built = [Zoo(variant_folder(root, other)) for other in VISION_VARIANTS if variant_folder(root, other).is_dir()]
+        donor = next((z for z in [*zoos.values(), *built] if z.has_base() and z.settings.pretrain == settings.pretrain
+                      and z.settings.pretrain_images == settings.pretrain_images
+                      and z.settings.model == settings.model), None)
         if not zoo.has_base() and donor is not None:
             zoo.adopt_base(donor)
         start = time.perf_counter()

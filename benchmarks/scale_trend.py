@@ -118,7 +118,7 @@ def build_record(zoo) -> dict:
 def run_backbone(backbone: str, args, store: dict, save) -> None:
     """Build (if needed) and benchmark one backbone; ``save()`` after every stage."""
     entry = store.setdefault(backbone, {})
-    zoo = vision_zoo(backbone=backbone)
+    zoo = vision_zoo(backbone=backbone, recipe="stored")  # the page's zoos (CACHE/zoo, CACHE/zoo-base)
     missing = zoo.missing(SUITE)
     if missing:
         print(f"[{backbone}] building {len(missing)} task(s) in {zoo.root} ...", flush=True)

@@ -20,7 +20,7 @@ from mdamerge.evaluation import bench as bench_mod
 from mdamerge.evaluation.bench import BenchResult, ScaledMerge, resolve_methods, run_bench
 from mdamerge.evaluation.evaluate import average, evaluate_backbone
 from mdamerge.errors import ConfigError
-from mdamerge.zoo.build import Zoo, ZooSettings
+from mdamerge.zoo.build import Zoo, ZooSettings, zoo_subdir
 from mdamerge.zoo.finetune import TrainSettings
 from mdamerge.zoo.model import ViTConfig
 
@@ -37,14 +37,14 @@ def cache(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread is as fast and leaves the other core free
     root = tmp_path_factory.mktemp("cache")
-    Zoo(root / "zoo", settings=TINY).build(SUITE, progress=False)
+    Zoo(root / zoo_subdir(), settings=TINY).build(SUITE, progress=False)
     yield root
     torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def zoo(cache):
-    return Zoo(cache / "zoo")
+    return Zoo(cache / zoo_subdir())
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_saved_json_round_trips(result, tmp_path):
 
 @pytest.mark.slow
 def test_bench_rebuilds_a_missing_task(cache, tmp_path):
-    zoo = Zoo(cache / "zoo")
+    zoo = Zoo(cache / zoo_subdir())
     before = zoo.finetuned_state_dict("letters")
     shutil.rmtree(zoo.finetuned_dir("letters"))
     with pytest.raises(ConfigError, match="at least 2 tasks"):
@@ -272,7 +272,7 @@ def test_cli_zoo_bench_and_eval(cache, tmp_path):
     chosen = next(r for r in saved["rows"] if r["name"] == "task_arithmetic")["params"]["scaling"]
 
     # Merge the zoo's folders with the engine (files in, folder out) and evaluate the folder.
-    zoo = Zoo(cache / "zoo")
+    zoo = Zoo(cache / zoo_subdir())
     merged_dir = tmp_path / "merged"
     mdamerge.merge({"method": "task_arithmetic", "base_model": str(zoo.base_dir),
                     "models": [str(zoo.finetuned_dir(t)) for t in zoo.records],
@@ -328,6 +328,28 @@ def test_results_page_rerenders_from_json_and_embeds_the_data_based_page(cache, 
     assert "results_adaptive.md is missing" in out.read_text()
 
 
+def test_results_page_keeps_one_paragraph_of_the_stored_recipes_figures(tmp_path):
+    from mdamerge.evaluation.bench import BenchResult, Row
+    from mdamerge.evaluation.results import STORED_RESULTS, stored_regime_section
+    from mdamerge.zoo.build import recipe_name, vision_recipe
+
+    assert stored_regime_section(tmp_path) == ""  # no saved figures of before: no paragraph
+    rows = [Row("pretrained", "reference", {"a": 0.75}), Row("fine-tuned", "reference", {"a": 0.95}),
+            Row("task_arithmetic", "data-free", {"a": 0.77}, params={"scaling": 0.1}),
+            Row("tsv", "data-free", {"a": 0.79}, params={"scaling": 0.6}),
+            Row("iso_cts", "data-free", {"a": 0.80}, params={"scaling": 1.0}),
+            Row("adamerging_task", "data-based", {"a": 0.90})]  # data-based rows are not "data-free merges"
+    meta = {"zoo_settings": vision_recipe("stored").to_dict()}
+    suites = {s: BenchResult(s, ["a"], rows, meta).to_dict() for s in ("tasks8", "tasks14")}
+    (tmp_path / STORED_RESULTS).write_text(json.dumps({"suites": suites}))
+    text = stored_regime_section(tmp_path)
+    assert "(500 pretraining steps, fine-tuning lr 0.0002;" in text
+    assert ("tasks8: fine-tuning 20.0 points over the probes, task arithmetic's scaling 0.1 (10% of the gap), "
+            "best data-free merge Iso-CTS 25%; tasks14:") in text
+    assert recipe_name(vision_recipe("stored")) == "stored" and recipe_name(vision_recipe("additive")) == "additive"
+    assert recipe_name(dataclasses.replace(vision_recipe("additive"), probe_shots=None)) == "custom"
+
+
 def test_results_page_states_the_thread_count_the_suites_ran_with_not_the_renderers(result):
     from mdamerge.evaluation.results import benchmark_threads
 
@@ -367,7 +389,7 @@ def test_every_row_keeps_its_per_example_test_results_for_the_intervals(zoo, res
 
 
 def test_a_zoo_adopts_an_alike_pretrained_backbone_and_refuses_another(cache, tmp_path):
-    donor = Zoo(cache / "zoo")
+    donor = Zoo(cache / zoo_subdir())
     lower_lr = dataclasses.replace(TINY, finetune=dataclasses.replace(TINY.finetune, lr=5e-4))
     zoo = Zoo(tmp_path / "variant", settings=lower_lr)
     zoo.adopt_base(donor)
@@ -378,6 +400,25 @@ def test_a_zoo_adopts_an_alike_pretrained_backbone_and_refuses_another(cache, tm
     longer = dataclasses.replace(TINY, pretrain=dataclasses.replace(TINY.pretrain, steps=120))
     with pytest.raises(ConfigError, match=r"pretrained with other settings \(pretrain\)"):
         Zoo(tmp_path / "other", settings=longer).adopt_base(donor)
+
+
+def test_the_recipe_rule_wants_the_gap_and_a_clear_margin_for_a_longer_build(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import regime
+
+    def fig(gap, ta, tsv, seconds):  # shares of the gap
+        return {"pretrained": 0.8, "finetuned": 0.8 + gap, "build_seconds": seconds,
+                "methods": {"task_arithmetic": {"val": 0.8 + ta * gap}, "tsv": {"val": 0.8 + tsv * gap}}}
+
+    figures = {"short": fig(0.10, 0.20, 0.60, 100), "long": fig(0.10, 0.28, 0.90, 200),
+               "small gap": fig(0.05, 0.40, 0.60, 50), "longest": fig(0.12, 0.40, 0.59, 400)}
+    assert regime.closeness(figures["short"]) == pytest.approx(0.5)  # min(0.20 / 0.40, 0.60 / 0.60)
+    assert regime.closeness(figures["long"]) == pytest.approx(0.7)
+    assert regime.choose_recipe(figures) == "longest"  # 0.983 > 0.7 + 0.1; "small gap" lacks the 8 points
+    figures["longest"] = fig(0.12, 0.30, 0.59, 400)  # 0.75: not 0.1 closer than "long"
+    assert regime.choose_recipe(figures) == "long"
+    assert "**Chosen: long.**" in regime.rule_text(figures)
+    assert regime.choose_recipe({"x": fig(0.05, 1, 1, 1)}) is None
 
 
 @pytest.mark.slow
@@ -413,7 +454,7 @@ def test_results_page_rerenders_from_the_saved_zoo_facts_where_the_zoo_is_not_bu
 
     out = tmp_path / "results.md"
     saved = {"started": "2026-01-01 00:00", "seconds": 60.0, "builds": {}, "suites": {SUITE: result.to_dict()},
-             "zoo": results_mod.zoo_facts(Zoo(cache / "zoo"), [SUITE])}  # as on disk: an earlier test rebuilt a task
+             "zoo": results_mod.zoo_facts(Zoo(cache / zoo_subdir()), [SUITE])}  # as on disk: an earlier test rebuilt a task
     out.with_suffix(".json").write_text(json.dumps(saved))
     results_mod.main(["--cache", str(cache), "--out", str(out), "--render-only"])
     with_zoo = out.read_text()
@@ -440,7 +481,7 @@ def test_results_update_benches_only_the_named_suite_and_keeps_the_others(cache,
     tsv["accuracies"] = {t: 0.5 for t in tsv["accuracies"]}
     tsv["average"] = 0.5
     kept = {**copy.deepcopy(old), "suite": "tasks8"}
-    facts = results_mod.zoo_facts(Zoo(cache / "zoo"), [SUITE])
+    facts = results_mod.zoo_facts(Zoo(cache / zoo_subdir()), [SUITE])
     for t in SUITES["tasks8"]:  # the kept suite's zoo is not built here: its facts are saved
         facts["tasks"].setdefault(t, facts["tasks"]["mnist"])
     saved = {"started": "2026-01-01 00:00", "seconds": 60.0, "builds": {}, "suites": {SUITE: old, "tasks8": kept},
@@ -465,7 +506,7 @@ def test_results_update_benches_only_the_named_suite_and_keeps_the_others(cache,
     assert f"- {SUITE}: benchmarked again with `--update`" in text and "the same as the earlier rows'" in text
     assert f"{SUITE} TSV-M 50.00 -> {100 * rows['tsv']['average']:.2f}" in text
     assert new["zoo"] == facts and new["builds"] == {}  # the kept suites' zoo facts; this zoo's build is in the update
-    zoo = Zoo(cache / "zoo")
+    zoo = Zoo(cache / zoo_subdir())
     recorded = zoo.pretrain_record["seconds"] + sum(zoo.records[t]["seconds"] for t in SUITES[SUITE])
     assert update["zoo_build"]["seconds"] == pytest.approx(recorded, abs=0.1)
     assert f"whose zoo.json records a build of {recorded:.0f} s for {SUITE}" in text

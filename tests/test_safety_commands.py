@@ -26,7 +26,7 @@ from mdamerge.adaptation import output as adaptation_output
 from mdamerge.cli import main
 from mdamerge.diagnostics.report import Report
 from mdamerge.io import writer as writer_module
-from mdamerge.zoo.build import Zoo, ZooSettings
+from mdamerge.zoo.build import Zoo, ZooSettings, zoo_subdir
 from mdamerge.zoo import model as zoo_model
 from mdamerge.zoo.finetune import TrainSettings
 from mdamerge.zoo.model import ViTConfig
@@ -52,7 +52,7 @@ def cache(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cache")
-    Zoo(root / "zoo", settings=TINY).build(TASKS.split(","), progress=False)
+    Zoo(root / zoo_subdir(), settings=TINY).build(TASKS.split(","), progress=False)
     yield root
     torch.set_num_threads(threads)
 
@@ -73,7 +73,7 @@ class Setup:
                            "input": write_hf_folder(root / "ft0", finetuned_from(base, 1)),
                            "other": write_hf_folder(root / "ft1", finetuned_from(base, 2))}
         else:
-            zoo = cache / "zoo"
+            zoo = cache / zoo_subdir()
             self.inputs = {"base": zoo / "pretrained", "input": zoo, "zoo": zoo,
                            "model": zoo / "finetuned" / "digits8x8"}
             if name == "adapt":
@@ -166,12 +166,12 @@ def test_results_files_go_next_to_other_files_and_replace_only_their_own(setup):
 
 
 def test_zoo_build_refuses_a_zoo_around_its_dataset_folder(tmp_path, monkeypatch):
-    data = tmp_path / "zoo" / "fashion"
+    data = tmp_path / zoo_subdir() / "fashion"
     data.mkdir(parents=True)
     monkeypatch.setenv("MDAMERGE_FASHION_DIR", str(data))
     line = one_error(run(["zoo", "build", "--tasks", "digits8x8", "--cache", str(tmp_path)]))
-    assert line == f"error: output {tmp_path / 'zoo'} contains the input {data}: choose another --out"
-    assert os.listdir(tmp_path / "zoo") == ["fashion"]
+    assert line == f"error: output {tmp_path / zoo_subdir()} contains the input {data}: choose another --out"
+    assert os.listdir(tmp_path / zoo_subdir()) == ["fashion"]
 
 
 # -- an existing OUT: refused before any work without --overwrite, replaced and said with it -----
@@ -236,7 +236,7 @@ def test_disk_full_and_read_only_are_one_line_and_leave_nothing(setup, monkeypat
 
 
 def test_zoo_build_disk_full_is_one_line_and_leaves_the_zoo_as_it_was(tmp_path, monkeypatch):
-    zoo = Zoo(tmp_path / "zoo", settings=TINY)
+    zoo = Zoo(tmp_path / zoo_subdir(), settings=TINY)
     zoo._save_state()  # a zoo started with tiny settings: the build uses them
     before = tree(tmp_path)
     seen = first_write(monkeypatch, "zoo", tmp_path, fail_with(errno.ENOSPC))
@@ -257,7 +257,7 @@ def test_output_under_a_file_is_one_line_before_any_work(setup, monkeypatch):
 def test_zoo_build_under_a_file_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     line = one_error(run(["zoo", "build", "--tasks", "digits8x8", "--cache", str(tmp_path / "afile" / "cache")]))
-    assert line == f"error: cannot write {tmp_path / 'afile' / 'cache' / 'zoo'}: {tmp_path / 'afile'} is not a directory"
+    assert line == f"error: cannot write {tmp_path / 'afile' / 'cache' / zoo_subdir()}: {tmp_path / 'afile'} is not a directory"
 
 
 @pytest.mark.parametrize("setup", ALL, indirect=True)
@@ -292,7 +292,7 @@ def test_signal_while_writing_removes_the_partial_output(setup, monkeypatch, sig
 
 
 def test_zoo_build_sigterm_is_one_line_and_leaves_the_zoo_as_it_was(tmp_path, monkeypatch):
-    Zoo(tmp_path / "zoo", settings=TINY)._save_state()
+    Zoo(tmp_path / zoo_subdir(), settings=TINY)._save_state()
     before = tree(tmp_path)
     seen = first_write(monkeypatch, "zoo", tmp_path, signal_self(signal.SIGTERM))
     line = ends_in_one_error(run(["zoo", "build", "--tasks", "digits8x8", "--cache", str(tmp_path), "--threads", "1", "--quiet"]))

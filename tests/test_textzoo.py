@@ -275,9 +275,10 @@ def test_text_suite_through_the_cli_build_merge_eval(text_cache, tmp_path):
     out = runner.invoke(main, ["zoo", "list", "--cache", str(text_cache), "--recipe", "stored"])
     assert out.exit_code == 0 and f"zoo: {text_cache / 'textzoo'}\n" in out.output
     out = runner.invoke(main, ["bench", "--suite", SUITE, "--recipe", "stored", "--cache", str(text_cache)])
-    assert out.exit_code == 2 and "is --text-recipe stored" in out.output and len(out.output.strip().splitlines()) == 1
-    out = runner.invoke(main, ["bench", "--suite", "tiny3", "--text-recipe", "stored", "--cache", str(text_cache)])
-    assert out.exit_code == 2 and "applies to the text zoo" in out.output
+    assert out.exit_code == 2 and "is --zoo-recipe stored" in out.output and len(out.output.strip().splitlines()) == 1
+    # the recipe names the vision zoo's folder too (CACHE/zoo for stored); listing it builds nothing
+    out = runner.invoke(main, ["zoo", "list", "--cache", str(text_cache), "--text-recipe", "stored"])
+    assert out.exit_code == 0 and f"zoo: {text_cache / 'zoo'}\n" in out.output and not (text_cache / "zoo").exists()
     out = runner.invoke(main, ["zoo", "build", "--suite", SUITE, "--recipe", "fast", "--cache", str(text_cache)])
     assert out.exit_code == 2 and "unknown text recipe 'fast'" in out.output
 
@@ -411,9 +412,11 @@ def test_text_suites_default_to_the_additive_recipes_zoo(tmp_path):
     pytest.importorskip("transformers")
     from mdamerge.textzoo.build import DEFAULT_TEXT_RECIPE, TEXT_RECIPES, TextZoo, TextZooSettings
     from mdamerge.zoo.build import zoo_for_tasks
-    from mdamerge.zoo.commands import TEXT_RECIPE_NAMES
+    from mdamerge.zoo.build import VISION_RECIPE_NAMES
+    from mdamerge.zoo.commands import ZOO_RECIPE_NAMES
 
-    assert DEFAULT_TEXT_RECIPE == "additive" and sorted(TEXT_RECIPE_NAMES) == sorted(TEXT_RECIPES)
+    assert DEFAULT_TEXT_RECIPE == "additive" and sorted(ZOO_RECIPE_NAMES) == sorted(TEXT_RECIPES)
+    assert sorted(ZOO_RECIPE_NAMES) == sorted(VISION_RECIPE_NAMES)
     zoo = zoo_for_tasks("text2", cache=tmp_path)
     assert zoo.root == tmp_path / "textzoo-additive" and zoo.settings == TEXT_RECIPES["additive"]
     stored = zoo_for_tasks("text2", cache=tmp_path, recipe="stored")
@@ -424,8 +427,8 @@ def test_text_suites_default_to_the_additive_recipes_zoo(tmp_path):
     assert zoo_for_tasks("text2", cache=tmp_path / "x").settings == tiny
     with pytest.raises(ConfigError, match="unknown text recipe 'fast'"):
         zoo_for_tasks("text2", cache=tmp_path, recipe="fast")
-    with pytest.raises(ConfigError, match="--recipe stored applies to the text zoo"):
-        zoo_for_tasks("tiny3", cache=tmp_path, recipe="stored")
+    # the same names pick the vision zoo's recipe for vision suites
+    assert zoo_for_tasks("tiny3", cache=tmp_path, recipe="stored").root == tmp_path / "zoo"
 
 
 def test_the_stored_recipes_paragraph_states_its_figures():

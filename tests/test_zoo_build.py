@@ -15,7 +15,7 @@ from mdamerge.zoo.model import ViTConfig
 
 def test_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MDAMERGE_CACHE", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c" and default_zoo_dir() == tmp_path / "c" / "zoo"
+    assert default_cache_dir() == tmp_path / "c" and default_zoo_dir() == tmp_path / "c" / "zoo-additive"
     assert Zoo().root == tmp_path / "c" / "zoo"
     monkeypatch.delenv("MDAMERGE_CACHE")
     assert default_cache_dir().parts[-2:] == (".cache", "mdamerge")

@@ -12,7 +12,8 @@ Two kinds of CONFIG:
 method: mda_am            # adamerging_task, adamerging_layer (= adamerging), mda_feature, mda_ta, mda_am, mda_am_norot
 suite: tasks8             # or  tasks: [mnist_like, fashion, ...]; text suites (text8) use the text zoo
 zoo_root: null            # optional zoo folder
-backbone: null            # the vision zoo's backbone: small (default) or base (CACHE/zoo-base)
+backbone: null            # the vision zoo's backbone: small (default) or base (CACHE/zoo-base[-additive])
+recipe: null              # the zoo's training recipe: additive (default) or stored (the zoos of before)
 device: cpu               # or cuda
 seed: 0
 max_unlabeled: null       # cap on unlabeled test inputs per task
@@ -37,7 +38,7 @@ from ..interrupts import interruptible
 
 from .user_models import checked_method, is_user_config
 
-CONFIG_KEYS = ("method", "suite", "tasks", "zoo_root", "backbone", "device", "seed", "max_unlabeled", "parameters")
+CONFIG_KEYS = ("method", "suite", "tasks", "zoo_root", "backbone", "recipe", "device", "seed", "max_unlabeled", "parameters")
 
 
 def load_adapt_config(path: str | Path) -> dict[str, Any]:
@@ -139,8 +140,8 @@ def _adapt_zoo(cfg, config, out_dir, device, steps, overwrite, no_eval, cache, q
         raise ConfigError("give the zoo folder as 'zoo_root' in the config or the cache folder as --cache, not both")
     if cfg.get("zoo_root") and not Path(cfg["zoo_root"]).is_absolute():
         cfg["zoo_root"] = str(Path(config).parent / cfg["zoo_root"])
-    zoo = zoo_for_tasks(tasks, root=cfg.get("zoo_root"), cache=cache, backbone=cfg.get("backbone")) \
-        if tasks else vision_zoo(root=cfg.get("zoo_root"), cache=cache, backbone=cfg.get("backbone"))
+    where = dict(root=cfg.get("zoo_root"), cache=cache, backbone=cfg.get("backbone"), recipe=cfg.get("recipe"))
+    zoo = zoo_for_tasks(tasks, **where) if tasks else vision_zoo(**where)
     dev = str(resolve_device(device or cfg.get("device", "cpu")))
     replacing = check_output_folder(out_dir, [config, zoo.root], overwrite)  # before minutes of training
     result = ADAPTIVE_METHODS[cfg["method"]](

@@ -8,6 +8,7 @@ import click
 
 from ..errors import MergeError
 from ..interrupts import interruptible
+from ..zoo.commands import BACKBONE_HELP, CACHE_HELP, zoo_recipe_option
 
 
 def _paths(values) -> list[Path]:
@@ -22,12 +23,11 @@ def _paths(values) -> list[Path]:
 @click.option("--suite", default=None, help="Offline suite (tiny3, tasks8, tasks14, tasks20): enables Delta_ETF on its test sets.")
 @click.option("--tasks", "task_list", default=None, help="Comma-separated zoo tasks instead of --suite.")
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
-              help="Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo.")
+              help=CACHE_HELP)
 @click.option("--zoo-root", default=None, type=click.Path(file_okay=False), hidden=True,
               help="The zoo folder itself (old name; use --cache).")
-@click.option("--backbone", default=None, metavar="NAME", help="Vision zoo backbone: small (default) or base (CACHE/zoo-base).")
-@click.option("--recipe", "--text-recipe", "text_recipe", default=None, metavar="additive|stored",
-              help="Text suites: the text zoo's recipe, additive (default, CACHE/textzoo-additive) or stored (CACHE/textzoo).")
+@click.option("--backbone", default=None, metavar="NAME", help=BACKBONE_HELP)
+@zoo_recipe_option("--recipe", "--zoo-recipe", "--text-recipe")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores not busy now).")
 @click.option("--rank-fraction", type=float, default=None, help="k for principal angles as a fraction of min(m,n) (default 1/T).")
 @click.option("--max-layers", type=int, default=None, help="Analyse only the first N 2-D layers.")
@@ -36,7 +36,7 @@ def _paths(values) -> list[Path]:
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Report folder (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @interruptible("out_dir")
-def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, text_recipe, threads, rank_fraction,
+def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, zoo_recipe, threads, rank_fraction,
             max_layers, max_samples, device, out_dir, overwrite):
     """Directional diagnostics: task-vector cosines, principal angles, spectra and Delta_ETF, as an HTML/Markdown report."""
     from ..cli import set_threads
@@ -45,7 +45,7 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, t
 
     set_threads(threads)
     if cache and zoo_root:
-        raise MergeError("give --cache (the zoo is CACHE/zoo) or the old --zoo-root, not both")
+        raise MergeError("give --cache (the zoo is CACHE/zoo-additive) or the old --zoo-root, not both")
 
     if suite and task_list:
         raise MergeError("give either --suite or --tasks, not both")
@@ -56,8 +56,8 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, t
             raise MergeError(f"{flag} must be >= 1, got {value}")
     resolve_device(device)  # --device banana or an absent cuda: one line before any work
     tasks, zoo = None, None
-    if text_recipe and not (suite or task_list):
-        raise MergeError(f"--recipe {text_recipe} picks the text zoo of --suite/--tasks; give a text suite")
+    if zoo_recipe and not (suite or task_list):
+        raise MergeError(f"--recipe {zoo_recipe} picks the zoo of --suite/--tasks; give a suite")
     if suite or task_list:
         from ..adaptation.registry import resolve_tasks
         from ..errors import closest_hint
@@ -70,9 +70,9 @@ def analyze(base, models, merged, suite, task_list, cache, zoo_root, backbone, t
         if cache:
             from ..zoo.commands import zoo_from_cache
 
-            zoo = zoo_from_cache(cache, tasks, backbone, text_recipe)
+            zoo = zoo_from_cache(cache, tasks, backbone, zoo_recipe)
         else:
-            zoo = zoo_for_tasks(tasks, root=zoo_root, backbone=backbone, recipe=text_recipe)
+            zoo = zoo_for_tasks(tasks, root=zoo_root, backbone=backbone, recipe=zoo_recipe)
         missing = zoo.missing(tasks)
         if missing:
             raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build")

@@ -9,7 +9,7 @@ import click
 
 from ..errors import MergeError
 from ..interrupts import interruptible
-from ..zoo.commands import (CACHE_HELP, TEXT_RECIPE_NAMES, backbone_option, task_selection, text_recipe_option,
+from ..zoo.commands import (CACHE_HELP, ZOO_RECIPE_NAMES, backbone_option, task_selection, zoo_recipe_option,
                             zoo_from_cache)
 from ..zoo.suites import suite_names
 
@@ -24,9 +24,9 @@ from ..zoo.suites import suite_names
 @click.option("--out", "out_dir", default=None, type=click.Path(), help="Save eval.json and eval.md here.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
 @backbone_option
-@text_recipe_option("--recipe", "--text-recipe")
+@zoo_recipe_option("--recipe", "--zoo-recipe", "--text-recipe")
 @interruptible("out_dir")
-def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads, backbone, text_recipe):
+def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads, backbone, zoo_recipe):
     """Accuracy of the backbone in MODEL_DIR (e.g. a merged zoo model) on each task, through the zoo's heads."""
     from ..cli import set_threads
     from ..io.writer import check_results_folder, write_result_files
@@ -35,7 +35,7 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads, ba
 
     set_threads(threads)
     names = task_selection(suite, tasks)
-    zoo = zoo_from_cache(cache, names, backbone, text_recipe)
+    zoo = zoo_from_cache(cache, names, backbone, zoo_recipe)
     _require_zoo_model(model_dir, zoo)
     if out_dir:
         check_results_folder(out_dir, [model_dir, zoo.root])
@@ -43,7 +43,7 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads, ba
     if missing:
         raise MergeError(f"task '{missing[0]}' is not built in the zoo at {zoo.root}; run: mdamerge zoo build "
                          + (f"--tasks {tasks}" if tasks else f"--suite {suite}")
-                         + (f" --recipe {text_recipe}" if text_recipe else ""))
+                         + (f" --recipe {zoo_recipe}" if zoo_recipe else ""))
     acc = evaluate_folder(model_dir, zoo, names, split, device)
     reference = {t: zoo.individual_accuracy(t, split) for t in names} if split in ("val", "test") else {}
     norm = normalized(acc, reference) if reference else {}
@@ -80,26 +80,26 @@ def eval_cmd(model_dir, suite, tasks, split, cache, device, out_dir, threads, ba
 @click.option("--unseen", default=None,
               help="Generalisation: hold out the last N tasks (e.g. 2) or comma-separated task names; merge the rest, test all.")
 @backbone_option
-@text_recipe_option("--text-recipe")
+@zoo_recipe_option("--zoo-recipe", "--text-recipe")
 @interruptible("out_dir")
 def bench_cmd(suite, tasks, methods, recipe, out_dir, cache, device, no_search, val_limit, seed, threads, quiet, unseen,
-              backbone, text_recipe):
+              backbone, zoo_recipe):
     """Merge the zoo's fine-tuned backbones with each method and print the accuracy table.
 
     Builds the zoo first if it is missing. Scaling factors (and MDA's options) are chosen
     on the validation split; the table reports test accuracy.
     """
     if recipe:
-        if recipe in TEXT_RECIPE_NAMES:
-            raise MergeError(f"--recipe runs a Hugging Face recipe; the text zoo's recipe '{recipe}' is "
-                             f"--text-recipe {recipe}")
+        if recipe in ZOO_RECIPE_NAMES:
+            raise MergeError(f"--recipe runs a Hugging Face recipe; the zoo's recipe '{recipe}' is "
+                             f"--zoo-recipe {recipe}")
         _run_recipe(recipe, methods, out_dir, device)
         return
     from ..io.writer import check_results_folder
     from .bench import run_bench
     from .tables import terminal_report
 
-    zoo = zoo_from_cache(cache, task_selection(suite, tasks), backbone, text_recipe)
+    zoo = zoo_from_cache(cache, task_selection(suite, tasks), backbone, zoo_recipe)
     from ..zoo.build import default_cache_dir
 
     out = Path(out_dir) if out_dir else (Path(cache).expanduser() if cache else default_cache_dir()) / "results"

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, run_script
-from ..zoo.build import Zoo, ZooSettings, default_cache_dir
+from ..zoo.build import (DEFAULT_VISION_RECIPE, VISION_RECIPE_NAMES, Zoo, ZooSettings, default_cache_dir, recipe_name,
+                         vision_zoo)
 from ..zoo.tasks import SUITES, TASKS
 from .bench import BenchResult, adaptive_methods, add_rows, mda_option_summary, resolve_methods, run_bench
-from .tables import chosen_params_table, display_name, interval_section, markdown_table, mda_options_table, pct
+from .tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, mda_options_table, pct
 
 DEFAULT_SUITES = ("tasks8", "tasks14", "tasks20")
 NO_INTERVALS = ("_No intervals: this suite's saved rows predate the per-example test results that the paired "
@@ -160,7 +161,10 @@ def data_based_section(adaptive_page: Path) -> str:
     intro = (f"\n## Data-based methods (AdaMerging, MDA feature alignment)\n\n"
              f"Copied from [{ADAPTIVE_PAGE}]({ADAPTIVE_PAGE}), which `{ADAPTIVE_COMMAND}` regenerates "
              "(then `make results` or `python -m mdamerge.evaluation.results --render-only` refreshes this page). "
-             "Its data-free rows use the published default hyperparameters, not the validation search above.\n")
+             "Its data-free rows use the published default hyperparameters, not the validation search above. "
+             "It was made on the stored recipe's zoo (CACHE/zoo, `--recipe stored`: the zoo of before, outside "
+             "the additive regime); data-based rows on the additive zoo are in the suite tables above where "
+             "`--add-methods` joined them.\n")
     if not adaptive_page.is_file():
         return intro + f"\n_Not generated yet: {adaptive_page} is missing._\n"
     lines = adaptive_page.read_text().splitlines()
@@ -245,6 +249,34 @@ def regime_section(docs: Path) -> str:
     return "".join(parts)
 
 
+STORED_RESULTS = "results_stored.json"  # the vision suites benched on the stored recipe's zoo, kept for comparison
+
+
+def stored_regime_section(docs: Path) -> str:
+    """One paragraph of the stored recipe's figures (its saved results JSON), so the change of regime shows."""
+    path = docs / STORED_RESULTS
+    if not path.is_file():
+        return ""
+    saved = json.loads(path.read_text())
+    suites = {s: BenchResult.from_dict(r) for s, r in saved["suites"].items()}
+    first = next(iter(suites.values()))
+    settings = first.meta.get("zoo_settings", {})
+    per_suite = []
+    for suite, res in suites.items():
+        free = [r for r in res.rows if r.kind == "data-free"]
+        best = max(free, key=lambda r: r.average)
+        pre = res.row("pretrained").average
+        per_suite.append(
+            f"{suite}: fine-tuning {100 * (res.finetuned.average - pre):.1f} points over the probes, task "
+            f"arithmetic's scaling {res.row('task_arithmetic').params.get('scaling')} "
+            f"({pct(gap_recovered(res, 'task_arithmetic'), 0)}% of the gap), best data-free merge "
+            f"{display_name(best.name)} {pct(gap_recovered(res, best.name), 0)}%")
+    return (f"\n**Before (the stored recipe, `--recipe stored`).** The zoo of before "
+            f"({settings.get('pretrain', {}).get('steps')} pretraining steps, fine-tuning lr "
+            f"{settings.get('finetune', {}).get('lr')}; [{STORED_RESULTS}]({STORED_RESULTS})) was outside the "
+            f"regime where task vectors add: " + "; ".join(per_suite) + ".\n")
+
+
 def text_section(text_page: Path) -> str:
     """The text benchmark's page (``python -m mdamerge.textzoo.results``, run first by ``make results``), embedded."""
     intro = (f"\n## Text benchmark: all-MiniLM-L6-v2 on 8 offline text tasks\n\n"
@@ -321,12 +353,14 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         zoo_threads_line(zoo),
         f"Backbone: TinyViT dim {s.model.dim}, depth {s.model.depth}, patch {s.model.patch_size}, "
         f"{zoo.pretrain_record.get('num_parameters')} parameters. Fine-tuning: {s.finetune.steps} steps, batch "
-        f"{s.finetune.batch_size}, AdamW lr {s.finetune.lr}, heads frozen (linear probes of the pretrained backbone).\n",
+        f"{s.finetune.batch_size}, AdamW lr {s.finetune.lr}, heads frozen (linear probes of the pretrained backbone); "
+        f"pretraining {s.pretrain.steps} steps ({recipe_name(s)} recipe).\n",
         "Numbers are test accuracy (%). **Avg** = mean over tasks; **Norm.** = mean over tasks of merged / "
         "individually fine-tuned accuracy. Each method's `scaling` (and MDA's `etf_side`, `etf_over`, `polar`) "
         "is chosen on the validation split.\n",
         "## Summary\n",
         comparison_table(results),
+        stored_regime_section(adaptive_page.parent) if adaptive_page is not None else "",
         "\n### MDA compared with TSV-M, Iso-CTS and task arithmetic\n",
         "\n".join(mda_verdict(results)) + "\n",
         "\n### MDA options that won on validation\n",
@@ -360,6 +394,9 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suites", default=",".join(DEFAULT_SUITES))
     parser.add_argument("--methods", default="data-free")
     parser.add_argument("--cache", default=None, help="cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge)")
+    parser.add_argument("--recipe", default=DEFAULT_VISION_RECIPE, choices=VISION_RECIPE_NAMES,
+                        help="the vision zoo's training recipe (CACHE/zoo-additive, or CACHE/zoo for stored); "
+                             "a zoo already built keeps its own settings")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--val-limit", type=int, default=250, help="validation examples per task in the search (0: all)")
     parser.add_argument("--out", default="docs/results.md")
@@ -382,7 +419,7 @@ def _main(argv: list[str] | None = None) -> None:
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
-    zoo = Zoo((Path(args.cache).expanduser() if args.cache else default_cache_dir()) / "zoo")
+    zoo = vision_zoo(cache=args.cache, recipe=args.recipe)
     out = Path(args.out)
     adaptive_page = out.parent / ADAPTIVE_PAGE
     if sum(map(bool, (args.render_only, args.update, args.add_methods))) > 1:

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..io.writer import OutputFolder, replace_file
-from ..zoo.build import Zoo, _progress_bar, _tick
+from ..zoo.build import Zoo, _progress_bar, _tick, check_recipe_name
 from ..zoo.finetune import TrainSettings, extract_features, fit_linear_head, head_accuracy, train_loop
 from ..zoo.tasks import TaskData, resolve_tasks
 from .model import POOLINGS, encode_inputs, load_encoder, tiny_random_encoder
@@ -108,8 +108,7 @@ DEFAULT_TEXT_RECIPE = "additive"  # what the commands use for text suites unless
 
 def recipe_subdir(recipe: str) -> str:
     """Cache folder of a recipe's zoo: ``textzoo`` for the stored one, ``textzoo-<recipe>`` for the others."""
-    if recipe not in TEXT_RECIPES:
-        raise ConfigError(f"unknown text recipe '{recipe}'; choose from {', '.join(TEXT_RECIPES)}")
+    check_recipe_name(recipe, TEXT_RECIPES, "text recipe")
     return TextZoo.SUBDIR if recipe == "stored" else f"{TextZoo.SUBDIR}-{recipe}"
 
 

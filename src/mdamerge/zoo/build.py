@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -65,41 +65,46 @@ def backbone_config(name: str) -> ViTConfig:
     return ViTConfig(**{f.name: getattr(BACKBONES[name], f.name) for f in fields(ViTConfig)})
 
 
-def zoo_subdir(backbone: str | None = None) -> str:
-    """The zoo's folder name in the cache: ``zoo`` for the default backbone, ``zoo-<name>`` for another."""
+def zoo_subdir(backbone: str | None = None, recipe: str | None = None) -> str:
+    """The zoo's folder name in the cache: ``zoo`` for the default backbone's stored recipe, ``zoo-<name>``
+    for another backbone, ``-additive`` appended for the additive recipe (the default, issue 19)."""
     name = backbone or DEFAULT_BACKBONE
     backbone_config(name)  # validates the name
-    return "zoo" if name == DEFAULT_BACKBONE else f"zoo-{name}"
+    recipe = recipe or DEFAULT_VISION_RECIPE
+    check_vision_recipe(recipe)
+    folder = "zoo" if name == DEFAULT_BACKBONE else f"zoo-{name}"
+    return folder if recipe == "stored" else f"{folder}-{recipe}"
 
 
-def default_zoo_dir(backbone: str | None = None) -> Path:
-    return default_cache_dir() / zoo_subdir(backbone)
+def default_zoo_dir(backbone: str | None = None, recipe: str | None = None) -> Path:
+    return default_cache_dir() / zoo_subdir(backbone, recipe)
 
 
 def vision_zoo(root: str | Path | None = None, cache: str | Path | None = None,
-               backbone: str | None = None) -> "Zoo":
-    """The vision zoo of ``backbone`` (default: ``small``, the zoo as stored).
+               backbone: str | None = None, recipe: str | None = None) -> "Zoo":
+    """The vision zoo of ``backbone`` (default: ``small``) and ``recipe`` (default: ``additive``).
 
     ``root`` is the zoo folder itself; otherwise ``cache`` (default :func:`default_cache_dir`)
-    plus :func:`zoo_subdir`. A new zoo is set up with the backbone's shape and the standard
-    recipe; an existing one keeps its stored settings, and naming a ``backbone`` its stored
-    shape does not match is a ConfigError (the two backbones' models must never mix).
+    plus :func:`zoo_subdir`. A new zoo is set up with the backbone's shape and the recipe's
+    training settings (:func:`vision_recipe`); an existing one keeps its stored settings, and
+    naming a ``backbone`` its stored shape does not match is a ConfigError (the two backbones'
+    models must never mix).
     """
+    recipe = recipe or DEFAULT_VISION_RECIPE
     if root is None:
-        root = (Path(cache).expanduser() if cache else default_cache_dir()) / zoo_subdir(backbone)
+        root = (Path(cache).expanduser() if cache else default_cache_dir()) / zoo_subdir(backbone, recipe)
     model = backbone_config(backbone or DEFAULT_BACKBONE)
     zoo = Zoo(root)
-    if zoo.settings.model != model:
-        if not (zoo.root / ZOO_FILE).exists():  # a new zoo takes the named backbone's shape
-            return Zoo(root, settings=ZooSettings(model=model))
-        if backbone is not None:
-            expected = ZooSettings(**{**zoo.settings.__dict__, "model": model})
-            diff = _diff({"model": asdict(zoo.settings.model)}, {"model": asdict(model)})
-            raise ConfigError(
-                f"zoo at {zoo.root} was built with another backbone than '{backbone}' ({'; '.join(diff[:3])}; "
-                f"settings fingerprint {zoo.settings.fingerprint()}, expected {expected.fingerprint()}); "
-                "use another cache folder or delete it"
-            )
+    if not (zoo.root / ZOO_FILE).exists():  # a new zoo takes the named backbone's shape and the recipe
+        return Zoo(root, settings=vision_recipe(recipe, model))
+    if zoo.settings.model != model and backbone is not None:
+        expected = ZooSettings(**{**zoo.settings.__dict__, "model": model})
+        diff = _diff({"model": asdict(zoo.settings.model)}, {"model": asdict(model)})
+        raise ConfigError(
+            f"zoo at {zoo.root} was built with another backbone than '{backbone}' ({'; '.join(diff[:3])}; "
+            f"settings fingerprint {zoo.settings.fingerprint()}, expected {expected.fingerprint()}); "
+            "use another cache folder or delete it"
+        )
     return zoo
 
 
@@ -108,12 +113,13 @@ def zoo_for_tasks(tasks_or_suite: str | Iterable[str], root: str | Path | None =
     """The zoo that holds these tasks: the vision :class:`Zoo` or a text zoo.
 
     ``root`` is the zoo folder itself; otherwise ``cache`` (default :func:`default_cache_dir`)
-    plus the zoo's own subfolder (``zoo``, ``zoo-<backbone>``, or the text recipe's
+    plus the zoo's own subfolder (:func:`zoo_subdir` for the vision zoo, the text recipe's
     ``textzoo-additive`` / ``textzoo``). ``backbone`` picks the vision zoo's backbone
-    (:data:`BACKBONES`; default ``small``); the text zoo has one. ``recipe`` picks the text
-    zoo's fine-tuning recipe (:data:`mdamerge.textzoo.build.TEXT_RECIPES`; default ``additive``,
-    the benchmark's; ``stored`` is the text8 of before): a new text zoo is set up with it, an
-    existing one keeps the settings it was built with.
+    (:data:`BACKBONES`; default ``small``); the text zoo has one. ``recipe`` picks the zoo's
+    training recipe, for either family (:func:`vision_recipe`,
+    :data:`mdamerge.textzoo.build.TEXT_RECIPES`; default ``additive``, the benchmark's; ``stored``
+    is the zoo of before): a new zoo is set up with it, an existing one keeps the settings it
+    was built with.
     """
     from .tasks import task_family
 
@@ -129,9 +135,7 @@ def zoo_for_tasks(tasks_or_suite: str | Iterable[str], root: str | Path | None =
             root = (Path(cache).expanduser() if cache else default_cache_dir()) / subdir
         root = Path(root).expanduser()
         return TextZoo(root, settings=None if (root / ZOO_FILE).exists() else TEXT_RECIPES[recipe])
-    if recipe is not None:
-        raise ConfigError(f"--recipe {recipe} applies to the text zoo (text suites); the vision zoo has one recipe")
-    return vision_zoo(root, cache, backbone)
+    return vision_zoo(root, cache, backbone, recipe)
 
 
 @dataclass
@@ -167,6 +171,43 @@ class ZooSettings:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The vision zoo's recipes (issue 19), chosen on validation by benchmarks/regime.py (docs/results_vision_regime.md).
+# "stored" is the zoo of before (500 pretraining steps, fine-tuning lr 2e-4: task arithmetic's validation
+# scaling 0.1 on tasks8, 11% of the gap recovered); "additive" pretrains 4x longer and fine-tunes at half the
+# learning rate, which halves the task vectors' cosines and doubles to triples the share merges recover.
+VISION_RECIPE_NAMES = ("additive", "stored")
+DEFAULT_VISION_RECIPE = "additive"  # what the commands use unless told --recipe stored
+
+
+def check_recipe_name(recipe: object, names: Iterable[str], what: str = "zoo recipe") -> None:
+    """A one-line ConfigError unless ``recipe`` is one of ``names`` (a typo gets the closest name)."""
+    names = tuple(names)
+    if not isinstance(recipe, str):
+        raise ConfigError(f"the {what} must be a name ({', '.join(names)}), got {recipe!r}")
+    if recipe not in names:
+        raise ConfigError(f"unknown {what} '{recipe}'" + closest_hint(recipe, names) + f"; choose from {', '.join(names)}")
+
+
+def check_vision_recipe(recipe: object) -> None:
+    """A ConfigError unless ``recipe`` names one of :data:`VISION_RECIPE_NAMES`."""
+    check_recipe_name(recipe, VISION_RECIPE_NAMES)
+
+
+def vision_recipe(recipe: str, model: ViTConfig | None = None) -> ZooSettings:
+    """The :class:`ZooSettings` of a named vision recipe, for the backbone shape ``model`` (default: small)."""
+    check_vision_recipe(recipe)
+    stored = ZooSettings(model=model or ViTConfig())
+    if recipe == "stored":
+        return stored
+    return replace(stored, pretrain=replace(stored.pretrain, steps=4 * stored.pretrain.steps),
+                   finetune=replace(stored.finetune, lr=1e-4))
+
+
+def recipe_name(settings: ZooSettings) -> str:
+    """The name of the vision recipe ``settings`` follow (for their backbone shape), or ``custom``."""
+    return next((name for name in VISION_RECIPE_NAMES if vision_recipe(name, settings.model) == settings), "custom")
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -9,39 +9,37 @@ import click
 from ..interrupts import interruptible
 from .suites import BACKBONE_NAMES, DEFAULT_BACKBONE, suite_names
 
-CACHE_HELP = ("Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the zoo lives in CACHE/zoo "
-              "(CACHE/zoo-base for --backbone base), the text zoo in CACHE/textzoo-additive (CACHE/textzoo for "
-              "--recipe stored).")
+CACHE_HELP = ("Cache folder (default: $MDAMERGE_CACHE or ~/.cache/mdamerge); the vision zoo lives in "
+              "CACHE/zoo-additive (CACHE/zoo for --recipe stored, CACHE/zoo-base[-additive] for --backbone base), "
+              "the text zoo in CACHE/textzoo-additive (CACHE/textzoo for --recipe stored).")
 BACKBONE_HELP = (f"Vision zoo backbone: {', '.join(BACKBONE_NAMES)} (default: {DEFAULT_BACKBONE}; "
-                 "base = 2x wider, its own cache folder CACHE/zoo-base).")
+                 "base = 2x wider, its own cache folder CACHE/zoo-base[-additive]).")
 # A plain string checked by backbone_config, so a wrong name is the usual one-line `error: ...` (exit 2).
 backbone_option = click.option("--backbone", default=None, metavar="NAME", help=BACKBONE_HELP)
-TEXT_RECIPE_HELP = ("Text suites: the text zoo's fine-tuning recipe, additive (default: lr 1e-4 for 200 steps, "
-                    "CACHE/textzoo-additive, the benchmark's) or stored (the text8 of before: lr 3e-4 for 80 steps, "
-                    "CACHE/textzoo).")
-# A plain string checked by recipe_subdir (one-line error); --text-recipe on every command, --recipe too where
-# that name is free (`mdamerge bench --recipe` runs a Hugging Face recipe).
-TEXT_RECIPE_NAMES = ("additive", "stored")  # textzoo.build.TEXT_RECIPES, here without importing torch
+ZOO_RECIPE_HELP = ("The zoo's training recipe: additive (default, the benchmark's; vision: 4x longer pretraining and "
+                   "fine-tuning lr 1e-4, CACHE/zoo-additive; text: lr 1e-4 for 200 steps, CACHE/textzoo-additive) or "
+                   "stored (the zoos of before: vision lr 2e-4 after 500 pretraining steps, CACHE/zoo; text lr 3e-4 "
+                   "for 80 steps, CACHE/textzoo).")
+# A plain string checked by zoo_subdir / recipe_subdir (one-line error); --zoo-recipe (or its older name
+# --text-recipe) on every command, --recipe too where that name is free (`mdamerge bench --recipe` runs a
+# Hugging Face recipe).
+ZOO_RECIPE_NAMES = ("additive", "stored")  # zoo.build.VISION_RECIPE_NAMES and textzoo.build.TEXT_RECIPES, torch-free
 
 
-def text_recipe_option(*names: str):
-    return click.option(*names, "text_recipe", default=None, metavar="|".join(TEXT_RECIPE_NAMES),
-                        help=TEXT_RECIPE_HELP)
+def zoo_recipe_option(*names: str):
+    return click.option(*names, "zoo_recipe", default=None, metavar="|".join(ZOO_RECIPE_NAMES),
+                        help=ZOO_RECIPE_HELP)
 
 
 def zoo_from_cache(cache: str | None, tasks: list[str] | None = None, backbone: str | None = None,
-                   text_recipe: str | None = None):
-    """The zoo under ``cache`` that holds ``tasks`` (the vision zoo of ``backbone`` when no tasks are given;
-    the text zoo of ``text_recipe``, default additive, for text tasks)."""
+                   zoo_recipe: str | None = None):
+    """The zoo under ``cache`` that holds ``tasks`` (the vision zoo of ``backbone`` when no tasks are given),
+    of the training recipe ``zoo_recipe`` (default additive)."""
     from .build import vision_zoo, zoo_for_tasks
 
     if tasks:
-        return zoo_for_tasks(tasks, cache=cache, backbone=backbone, recipe=text_recipe)
-    if text_recipe is not None:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"--recipe {text_recipe} applies to the text zoo (text suites); the vision zoo has one recipe")
-    return vision_zoo(cache=cache, backbone=backbone)
+        return zoo_for_tasks(tasks, cache=cache, backbone=backbone, recipe=zoo_recipe)
+    return vision_zoo(cache=cache, backbone=backbone, recipe=zoo_recipe)
 
 
 def task_selection(suite: str, tasks: str | None) -> list[str]:
@@ -63,9 +61,9 @@ def zoo_group() -> None:
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: the cores the machine's load leaves free).")
 @click.option("--quiet", is_flag=True, help="No progress bar: one line per stage instead.")
 @backbone_option
-@text_recipe_option("--recipe", "--text-recipe")
+@zoo_recipe_option("--recipe", "--zoo-recipe", "--text-recipe")
 @interruptible()
-def build_cmd(suite, tasks, cache, device, threads, quiet, backbone, text_recipe):
+def build_cmd(suite, tasks, cache, device, threads, quiet, backbone, zoo_recipe):
     """Build what is missing (reusing what is already built) and show each task's accuracies."""
     import time
 
@@ -73,7 +71,7 @@ def build_cmd(suite, tasks, cache, device, threads, quiet, backbone, text_recipe
     from .tasks import fashion_dir
 
     names = task_selection(suite, tasks)
-    zoo = zoo_from_cache(cache, names, backbone, text_recipe)
+    zoo = zoo_from_cache(cache, names, backbone, zoo_recipe)
     check_output_location(zoo.root, [fashion_dir()])  # the only input read from disk
     check_results_folder(zoo.root, [])  # a path through a file: one line before any work
     missing = zoo.missing(names)
@@ -88,15 +86,14 @@ def build_cmd(suite, tasks, cache, device, threads, quiet, backbone, text_recipe
 @zoo_group.command("list")
 @click.option("--cache", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
 @backbone_option
-@text_recipe_option("--recipe", "--text-recipe")
-def list_cmd(cache, backbone, text_recipe):
+@zoo_recipe_option("--recipe", "--zoo-recipe", "--text-recipe")
+def list_cmd(cache, backbone, zoo_recipe):
     """Show the tasks, which are built, and their recorded accuracies."""
     from .tasks import SUITES, TASKS
 
     for family in dict.fromkeys(spec.family for spec in TASKS.values()):
         names = [t for t, spec in TASKS.items() if spec.family == family]
-        zoo = zoo_from_cache(cache, names, backbone if family != "text" else None,
-                             text_recipe if family == "text" else None)
+        zoo = zoo_from_cache(cache, names, backbone if family != "text" else None, zoo_recipe)
         click.echo(f"zoo: {zoo.root}")
         _print_status(zoo, names)
     click.echo("suites: " + "; ".join(f"{k} = {len(v)} tasks" for k, v in SUITES.items()))
