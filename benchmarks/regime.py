@@ -9,9 +9,11 @@ fine-tuning gain and the share of it each merge recovers. The test split is neve
     python benchmarks/regime.py text ZOO_DIR [ZOO_DIR ...] --tasks a,b,c --out docs/results_text_recipe.md
     python benchmarks/regime.py vision --root DIR --tasks mnist,fashion,letters,digits8x8 --out docs/results_vision_regime.md
 
-``vision`` builds the vision zoo's recipe and its variants (VISION_VARIANTS: a lower
-fine-tuning learning rate, longer pretraining) in ``--root/<variant>``, sharing the
-pretrained backbone between variants that pretrain alike, and times every build.
+``vision`` builds the vision zoo's recipe and its variants (VISION_VARIANTS: lower fine-tuning
+learning rates, 4x and 8x longer pretraining, heads probed on every example) in
+``--root/<variant>``, sharing the pretrained backbone between variants that pretrain alike (also
+with a variant built by an earlier run under the same root), times every build, and names the
+recipe :func:`choose_recipe` picks (the additive recipe of mdamerge.zoo.build.vision_recipe).
 """
 
 from __future__ import annotations
