@@ -551,3 +551,31 @@ def test_results_update_benches_only_the_named_suite_and_keeps_the_others(cache,
     with pytest.raises(SystemExit) as exc:
         results_mod.main(["--out", str(tmp_path / "none.md"), "--update"])
     assert exc.value.code == 2 and "none.json not found; run without --update first" in capsys.readouterr().err
+
+
+def test_seed_table_gives_each_seeds_differences_and_their_spread(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import seeds
+    from mdamerge.evaluation.bench import BenchResult, Row
+
+    def result(ta, tsv):
+        rows = [Row("pretrained", "reference", {"a": 0.70}), Row("fine-tuned", "reference", {"a": 0.90}),
+                Row("task_arithmetic", "data-free", {"a": ta}), Row("tsv", "data-free", {"a": tsv})]
+        return BenchResult("tasks8", ["a"], rows, {})
+
+    per_seed = {"0": seeds.figures(result(0.75, 0.80)), "1": seeds.figures(result(0.76, 0.79))}
+    assert per_seed["0"]["methods"]["tsv"]["share"] == pytest.approx(0.5)
+    assert per_seed["1"]["methods"]["task_arithmetic"]["minus_tsv"] == pytest.approx(-0.03)
+    text = seeds.render(per_seed, "cmd")
+    # TA minus TSV-M: -5 and -3 points, mean -4, sample standard deviation 1.41
+    assert "| Task arithmetic | 25% | 30% | -5.0 / -3.0 | -4.0 +- 1.4 | +0.0 / +0.0 | +0.0 +- 0.0 |" in text
+    assert "seed 0 20.0, seed 1 20.0" in text
+    # another seed's zoo: its own folder, the fine-tuning seed changed, seed 0's backbone adopted
+    seed0 = Zoo(tmp_path / "zoo-additive", settings=TINY)
+    seed0.base_dir.mkdir(parents=True)
+    (seed0.base_dir / "model.safetensors").write_bytes(b"weights")
+    seed0._save_state()
+    other = seeds.seed_zoo(seed0, 2, tmp_path)
+    assert other.root == tmp_path / "zoo-additive-seed2" and other.settings.finetune.seed == 2
+    assert dataclasses.replace(other.settings, finetune=TINY.finetune) == TINY
+    assert (other.base_dir / "model.safetensors").read_bytes() == b"weights"
