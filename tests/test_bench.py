@@ -579,3 +579,11 @@ def test_seed_table_gives_each_seeds_differences_and_their_spread(tmp_path, monk
     assert other.root == tmp_path / "zoo-additive-seed2" and other.settings.finetune.seed == 2
     assert dataclasses.replace(other.settings, finetune=TINY.finetune) == TINY
     assert (other.base_dir / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_results_page_embeds_the_seed_page_when_there_is_one(tmp_path):
+    from mdamerge.evaluation.results import SEEDS_PAGE, seeds_section
+
+    assert seeds_section(tmp_path) == ""
+    (tmp_path / SEEDS_PAGE).write_text("# Over seeds\n\nintro\n\n| a |\n")
+    assert seeds_section(tmp_path) == f"\n## Over seeds ([{SEEDS_PAGE}]({SEEDS_PAGE}))\n\nintro\n\n| a |\n"

@@ -277,6 +277,19 @@ def stored_regime_section(docs: Path) -> str:
             f"regime where task vectors add: " + "; ".join(per_suite) + ".\n")
 
 
+SEEDS_PAGE = "results_seeds.md"
+
+
+def seeds_section(docs: Path) -> str:
+    """The fine-tuning seed spread of tasks8's differences (benchmarks/seeds.py), embedded after the suites."""
+    page = docs / SEEDS_PAGE
+    if not page.is_file():
+        return ""
+    lines = page.read_text().splitlines()
+    return (f"\n## {lines[0].lstrip('# ')} ([{SEEDS_PAGE}]({SEEDS_PAGE}))\n\n"
+            + "\n".join(lines[1:]).strip() + "\n")
+
+
 def text_section(text_page: Path) -> str:
     """The text benchmark's page (``python -m mdamerge.textzoo.results``, run first by ``make results``), embedded."""
     intro = (f"\n## Text benchmark: all-MiniLM-L6-v2 on 8 offline text tasks\n\n"
@@ -374,6 +387,8 @@ def render(results: dict[str, BenchResult], zoo: Zoo, builds: dict, started: str
         mda = mda_options_table(res)
         if mda:
             parts += ["\nMDA option search (best scaling of each option set, validation average %):\n", mda]
+    if adaptive_page is not None:
+        parts.append(seeds_section(adaptive_page.parent))
     parts += ["\n## Zoo build\n", zoo_tables(zoo, list(results), builds)]
     if adaptive_page is not None:
         parts.append(data_based_section(adaptive_page))
