@@ -80,6 +80,8 @@ def test_a_built_zoo_keeps_its_settings_under_either_recipe(tmp_path):
 def test_unknown_recipe_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown zoo recipe 'addtive' \(did you mean 'additive'\?\); choose from additive, stored"):
         vision_zoo(cache=tmp_path, recipe="addtive")
+    with pytest.raises(ConfigError, match="unknown zoo recipe 'addtive'"):
+        vision_zoo(root=tmp_path / "somezoo", recipe="addtive")
     with pytest.raises(ConfigError, match=r"the zoo recipe must be a name \(additive, stored\), got \['stored'\]"):
         zoo_subdir(recipe=["stored"])
     message = "error: unknown zoo recipe 'addtive' (did you mean 'additive'?); choose from additive, stored"

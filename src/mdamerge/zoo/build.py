@@ -91,6 +91,7 @@ def vision_zoo(root: str | Path | None = None, cache: str | Path | None = None,
     models must never mix).
     """
     recipe = recipe or DEFAULT_VISION_RECIPE
+    check_vision_recipe(recipe)  # also where ``root`` names the folder, so a typo never passes unnoticed
     if root is None:
         root = (Path(cache).expanduser() if cache else default_cache_dir()) / zoo_subdir(backbone, recipe)
     model = backbone_config(backbone or DEFAULT_BACKBONE)
