@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    command = "python benchmarks/seeds.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python benchmarks/seeds.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.render_only:
         saved = json.loads(out.with_suffix(".json").read_text())
         out.write_text(render(saved["seeds"], saved["command"]))

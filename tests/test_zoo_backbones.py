@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from mdamerge.cli import main
 from mdamerge.errors import ConfigError
 from mdamerge.evaluation.bench import run_bench
-from mdamerge.zoo import build as zoo_build
 from mdamerge.zoo.build import (
     BACKBONES, Zoo, ZooSettings, backbone_config, default_zoo_dir, vision_recipe, vision_zoo, zoo_for_tasks, zoo_subdir,
 )

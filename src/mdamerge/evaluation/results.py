@@ -25,7 +25,7 @@ from ..zoo.build import (DEFAULT_VISION_RECIPE, VISION_RECIPE_NAMES, Zoo, ZooSet
                          vision_zoo)
 from ..zoo.tasks import SUITES, TASKS
 from .bench import BenchResult, adaptive_methods, add_rows, mda_option_summary, resolve_methods, run_bench
-from .tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, mda_options_table, pct
+from .tables import chosen_params_table, display_name, interval_section, markdown_table, mda_options_table, pct, regime_figures
 
 DEFAULT_SUITES = ("tasks8", "tasks14", "tasks20")
 NO_INTERVALS = ("_No intervals: this suite's saved rows predate the per-example test results that the paired "
@@ -241,12 +241,14 @@ def regime_section(docs: Path) -> str:
     parts = [intro]
     for name in REGIME_PAGES:
         page = docs / name
-        if not page.is_file():
-            parts.append(f"\n_Not generated yet: {page} is missing._\n")
-            continue
-        lines = page.read_text().splitlines()
-        parts.append(f"\n### {lines[0].lstrip('# ')} ([{name}]({name}))\n\n" + "\n".join(lines[1:]).strip() + "\n")
+        parts.append(embedded_page(page, "###") if page.is_file() else f"\n_Not generated yet: {page} is missing._\n")
     return "".join(parts)
+
+
+def embedded_page(page: Path, heading: str) -> str:
+    """``page`` under a ``heading``-level title of its own title, linked to it, its body as it is."""
+    lines = page.read_text().splitlines()
+    return f"\n{heading} {lines[0].lstrip('# ')} ([{page.name}]({page.name}))\n\n" + "\n".join(lines[1:]).strip() + "\n"
 
 
 STORED_RESULTS = "results_stored.json"  # the vision suites benched on the stored recipe's zoo, kept for comparison
@@ -263,14 +265,11 @@ def stored_regime_section(docs: Path) -> str:
     settings = first.meta.get("zoo_settings", {})
     per_suite = []
     for suite, res in suites.items():
-        free = [r for r in res.rows if r.kind == "data-free"]
-        best = max(free, key=lambda r: r.average)
-        pre = res.row("pretrained").average
+        fig = regime_figures(res)
         per_suite.append(
-            f"{suite}: fine-tuning {100 * (res.finetuned.average - pre):.1f} points over the probes, task "
-            f"arithmetic's scaling {res.row('task_arithmetic').params.get('scaling')} "
-            f"({pct(gap_recovered(res, 'task_arithmetic'), 0)}% of the gap), best data-free merge "
-            f"{display_name(best.name)} {pct(gap_recovered(res, best.name), 0)}%")
+            f"{suite}: fine-tuning {100 * fig['gain']:.1f} points over the probes, task arithmetic's scaling "
+            f"{fig['ta_scaling']} ({pct(fig['ta_share'], 0)}% of the gap), best data-free merge {fig['best']} "
+            f"{pct(fig['best_share'], 0)}%")
     return (f"\n**Before (the stored recipe, `--recipe stored`).** The zoo of before "
             f"({settings.get('pretrain', {}).get('steps')} pretraining steps, fine-tuning lr "
             f"{settings.get('finetune', {}).get('lr')}; [{STORED_RESULTS}]({STORED_RESULTS})) was outside the "
@@ -283,11 +282,7 @@ SEEDS_PAGE = "results_seeds.md"
 def seeds_section(docs: Path) -> str:
     """The fine-tuning seed spread of tasks8's differences (benchmarks/seeds.py), embedded after the suites."""
     page = docs / SEEDS_PAGE
-    if not page.is_file():
-        return ""
-    lines = page.read_text().splitlines()
-    return (f"\n## {lines[0].lstrip('# ')} ([{SEEDS_PAGE}]({SEEDS_PAGE}))\n\n"
-            + "\n".join(lines[1:]).strip() + "\n")
+    return embedded_page(page, "##") if page.is_file() else ""
 
 
 def text_section(text_page: Path) -> str:

@@ -31,6 +31,16 @@ def gap_recovered(result: "BenchResult", name: str) -> float:
     return (result.row(name).average - pre) / (ft - pre) if ft != pre else float("nan")
 
 
+def regime_figures(result: "BenchResult") -> dict:
+    """What says whether a suite's task vectors add: the fine-tuning gain over the pretrained row (fraction),
+    task arithmetic's chosen scaling and share of the gap, and the best data-free merge with its share."""
+    best = max((r for r in result.rows if r.kind == "data-free"), key=lambda r: r.average)
+    return {"gain": result.finetuned.average - result.row("pretrained").average,
+            "ta_scaling": result.row("task_arithmetic").params.get("scaling"),
+            "ta_share": gap_recovered(result, "task_arithmetic"),
+            "best": display_name(best.name), "best_share": gap_recovered(result, best.name)}
+
+
 def format_interval(interval) -> str:
     """``+1.2 [+0.3, +2.1]`` in points; bold when the interval excludes 0 (the difference is resolved)."""
     text = f"{100 * interval.diff:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"

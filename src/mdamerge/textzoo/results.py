@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError, run_script
 from ..evaluation.bench import MDA_OPTIONS, BenchResult, adaptive_methods, add_rows, resolve_methods, run_bench
-from ..evaluation.tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, pct
+from ..evaluation.tables import chosen_params_table, display_name, gap_recovered, interval_section, markdown_table, pct, regime_figures
 from ..zoo.build import Zoo, default_cache_dir
 from ..zoo.tasks import SUITES
 from .build import TEXT_RECIPES, TextZoo, recipe_subdir
@@ -355,17 +355,15 @@ def stored_paragraph(saved: dict) -> str:
     """One paragraph of the stored recipe's text8 figures (its saved page JSON), so the change of regime shows."""
     res = BenchResult.from_dict(saved["result"])
     ft = res.meta.get("zoo_settings", {}).get("finetune", {})
-    free = [r for r in res.rows if r.kind == "data-free"]
-    best = max(free, key=lambda r: r.average)
     based = [r for r in res.rows if r.kind == "data-based"]
     pre = res.row("pretrained").average
+    fig = regime_figures(res)
     text = (f"The text8 of before ({ft.get('steps')} steps at lr {ft.get('lr')}, "
             f"{res.meta.get('zoo_settings', {}).get('pooling', 'mean')} pooling, "
             f"{res.meta.get('zoo_settings', {}).get('test_size')} test examples per task; [{STORED_PAGE_JSON}]"
-            f"({STORED_PAGE_JSON})): fine-tuning gained {100 * (res.finetuned.average - pre):.1f} points over the probe; "
-            f"validation chose task arithmetic's scaling {res.row('task_arithmetic').params.get('scaling')} "
-            f"({pct(gap_recovered(res, 'task_arithmetic'), 0)}% of the gap); the best data-free merge, "
-            f"{display_name(best.name)}, recovered {pct(gap_recovered(res, best.name), 0)}%")
+            f"({STORED_PAGE_JSON})): fine-tuning gained {100 * fig['gain']:.1f} points over the probe; "
+            f"validation chose task arithmetic's scaling {fig['ta_scaling']} ({pct(fig['ta_share'], 0)}% of the gap); "
+            f"the best data-free merge, {fig['best']}, recovered {pct(fig['best_share'], 0)}%")
     if based:
         below = sum(r.average < pre for r in based)
         text += f"; {below} of {len(based)} data-based methods ended below the pretrained row"
